@@ -1,0 +1,14 @@
+//! The Trellis configuration model: the resources users write, their validation, and the
+//! compiled per-proxy configuration that the control plane pushes (and that
+//! `trellis proxy --config FILE` reads from disk). No I/O lives here: callers hand in text.
+
+mod duration;
+mod proxy;
+mod validate;
+
+pub use duration::{format_duration, parse_duration};
+pub use proxy::{
+    App, AppPort, Endpoint, Listeners, Node, OutboundPolicy, Protocol, ProxyConfig, Service,
+    ServicePort, Timeouts,
+};
+pub use validate::{ConfigError, ConfigErrors};

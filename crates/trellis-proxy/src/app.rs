@@ -1,0 +1,164 @@
+//! Wiring: one function that builds a whole proxy from its config.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use trellis_model::ProxyConfig;
+use trellis_runtime::{Admin, DrainOutcome, DrainTrigger, LogHandle, Readiness, ShutdownKind, admin};
+
+use crate::forward::Upstreams;
+use crate::inbound::Inbound;
+use crate::metrics::{self, Metrics};
+use crate::outbound::Outbound;
+use crate::serve::accept_loop;
+use crate::state::State;
+
+/// A running proxy: where it listens, and the handle that stops it.
+#[derive(Debug)]
+pub struct Bound {
+    pub addrs: BoundAddrs,
+    pub readiness: Readiness,
+    trigger: DrainTrigger,
+}
+
+/// The addresses the listeners actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BoundAddrs {
+    pub admin: SocketAddr,
+    pub outbound: Option<SocketAddr>,
+    pub outbound_transparent: Option<SocketAddr>,
+    pub inbound: Option<SocketAddr>,
+    pub mesh: Option<SocketAddr>,
+}
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)")]
+    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// Bind every listener, start every task, and report ready.
+pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildError> {
+    let listeners = config.listeners.clone();
+    let connect_timeout = config.timeouts.connect;
+    let state = Arc::new(State::new(config));
+    let metrics = Metrics::new();
+    let (trigger, drain) = trellis_runtime::drain::new();
+    let readiness = Readiness::new();
+
+    // Bind everything first, so that a port conflict fails the start before anything runs.
+    let admin_listener = bind("admin", listeners.admin).await?;
+    let outbound_listener = bind_opt("outbound", listeners.outbound).await?;
+    let transparent_listener = bind_opt("outbound_transparent", listeners.outbound_transparent).await?;
+    let inbound_listener = bind_opt("inbound", listeners.inbound).await?;
+    let mesh_listener = bind_opt("mesh", listeners.mesh).await?;
+    let addrs = BoundAddrs {
+        admin: local_addr(&admin_listener, "admin", listeners.admin)?,
+        outbound: opt_addr(&outbound_listener, "outbound")?,
+        outbound_transparent: opt_addr(&transparent_listener, "outbound_transparent")?,
+        inbound: opt_addr(&inbound_listener, "inbound")?,
+        mesh: opt_addr(&mesh_listener, "mesh")?,
+    };
+
+    // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
+    let upstreams = Arc::new(Upstreams::new(connect_timeout));
+    let outbound = Arc::new(Outbound::new(state.clone(), upstreams.clone(), metrics.clone()));
+    let inbound = Arc::new(Inbound::new(state.clone(), upstreams, metrics.clone()));
+
+    // Admin: health, metrics, the config in force, log level.
+    let admin = {
+        let metrics = metrics.clone();
+        let state = state.clone();
+        Admin::new(readiness.clone(), log)
+            .route("/metrics", move |_| {
+                admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
+            })
+            .route("/config_dump", move |_| {
+                let dump = serde_json::json!({ "bound": addrs, "config": &*state.load().config });
+                admin::response(StatusCode::OK, "application/json", dump.to_string())
+            })
+    };
+    tokio::spawn(admin.serve(admin_listener, drain.clone()));
+
+    // Outbound: the explicit proxy and the transparent capture listener.
+    if let Some(listener) = outbound_listener {
+        let outbound = outbound.clone();
+        tokio::spawn(accept_loop(listener, "outbound", drain.clone(), move |s, c, d| {
+            outbound.clone().serve(s, c, d, false)
+        }));
+    }
+    if let Some(listener) = transparent_listener {
+        let outbound = outbound.clone();
+        tokio::spawn(accept_loop(listener, "outbound_transparent", drain.clone(), move |s, c, d| {
+            outbound.clone().serve(s, c, d, true)
+        }));
+    }
+
+    // Inbound: the mesh transport from peer proxies, and captured plain clients.
+    if let Some(listener) = mesh_listener {
+        let inbound = inbound.clone();
+        tokio::spawn(accept_loop(listener, "mesh", drain.clone(), move |s, c, d| {
+            inbound.clone().serve_mesh(s, c, d)
+        }));
+    }
+    if let Some(listener) = inbound_listener {
+        tokio::spawn(accept_loop(listener, "inbound", drain.clone(), move |s, c, d| {
+            inbound.clone().serve_captured(s, c, d)
+        }));
+    }
+
+    // Listeners bound and config applied: ready. (Identity will gate this too.)
+    readiness.set_ready();
+    tracing::info!(
+        admin = %addrs.admin,
+        outbound = ?addrs.outbound,
+        outbound_transparent = ?addrs.outbound_transparent,
+        inbound = ?addrs.inbound,
+        mesh = ?addrs.mesh,
+        "proxy ready"
+    );
+    Ok(Bound { addrs, readiness, trigger })
+}
+
+impl Bound {
+    /// Stop: `Drain` stops accepting and lets in-flight work finish within `grace`; `Fast`
+    /// stops at once.
+    pub async fn shutdown(self, kind: ShutdownKind, grace: std::time::Duration) -> DrainOutcome {
+        match kind {
+            ShutdownKind::Drain => self.trigger.drain(grace).await,
+            ShutdownKind::Fast => {
+                let remaining = self.trigger.abort();
+                DrainOutcome::TimedOut { remaining }
+            }
+        }
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, BuildError> {
+    TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { listener, addr, source })
+}
+
+async fn bind_opt(listener: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, BuildError> {
+    match addr {
+        Some(addr) => bind(listener, addr).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+fn local_addr(l: &TcpListener, listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, BuildError> {
+    l.local_addr().map_err(|source| BuildError::Bind { listener, addr, source })
+}
+
+fn opt_addr(l: &Option<TcpListener>, listener: &'static str) -> Result<Option<SocketAddr>, BuildError> {
+    match l {
+        Some(l) => {
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            local_addr(l, listener, unspecified).map(Some)
+        }
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,74 @@
+//! Why a request or connection failed, and what the client is told.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::metrics::ResponseFlags;
+
+/// A failure on the request path. Each variant names the side that failed and carries the
+/// value that explains it; [`ProxyError::status`] and [`ProxyError::flags`] say what the client
+/// sees and what telemetry records.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route to {authority}: not a known service and the outbound policy is registry_only")]
+    NoRoute { authority: String },
+    #[error("request has no destination: neither an absolute URI, :authority nor Host")]
+    NoAuthority,
+    #[error("service {service} has no endpoints")]
+    NoEndpoints { service: String },
+    #[error("could not resolve {host}: {source}")]
+    Resolve { host: String, source: std::io::Error },
+    #[error("connection to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("connection to {addr} timed out after {timeout:?} (is the peer's proxy running?)")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("upstream {addr} failed: {source}")]
+    Upstream { addr: SocketAddr, source: crate::pool::BoxError },
+    #[error("upstream {addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("peer proxy {addr} refused the tunnel to {target}: {status}")]
+    TunnelRefused { addr: SocketAddr, target: SocketAddr, status: StatusCode },
+    #[error("inbound target {target} is not a port of the local app")]
+    NotAnAppPort { target: SocketAddr },
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::BAD_GATEWAY,
+            Self::NoAuthority | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotAnAppPort { .. } => StatusCode::FORBIDDEN,
+            Self::NoEndpoints { .. }
+            | Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Handshake { .. }
+            | Self::Resolve { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TunnelRefused { status, .. } => *status,
+            Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The Envoy-style response flag recorded in metrics and the access log.
+    pub fn flags(&self) -> ResponseFlags {
+        match self {
+            Self::NoRoute { .. } | Self::NotAnAppPort { .. } => ResponseFlags::NoRouteFound,
+            Self::NoAuthority | Self::BadRequest { .. } => ResponseFlags::DownstreamProtocolError,
+            Self::NoEndpoints { .. } => ResponseFlags::NoHealthyUpstream,
+            Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Handshake { .. }
+            | Self::Resolve { .. }
+            | Self::TunnelRefused { .. } => ResponseFlags::UpstreamConnectionFailure,
+            Self::Upstream { .. } => ResponseFlags::UpstreamConnectionTermination,
+            Self::Timeout { .. } => ResponseFlags::UpstreamRequestTimeout,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Sending a request upstream: the connections both sides share and the per-hop rewriting of
+//! the request's version and target.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::pool::{Body, Connector, H1Client, H2Pool, h1_client};
+
+/// Every upstream connection the proxy holds.
+#[derive(Debug)]
+pub(crate) struct Upstreams {
+    pub(crate) connector: Connector,
+    /// HTTP/2: peer proxies (mesh transport) and HTTP/2 apps.
+    pub(crate) h2: H2Pool,
+    /// HTTP/1.1: apps and destinations outside the mesh.
+    pub(crate) h1: H1Client,
+}
+
+impl Upstreams {
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        let connector = Connector;
+        Self { connector, h2: H2Pool::new(connector), h1: h1_client(connect_timeout) }
+    }
+
+    /// Send `req` as HTTP/2 on the pooled connection to `addr`. The request's URI must be
+    /// absolute (its authority becomes `:authority`).
+    pub(crate) async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut send = self.h2.sender(addr, connect_timeout).await?;
+        *req.version_mut() = Version::HTTP_2;
+        // HTTP/2 carries the host in :authority; a Host header would be a second source of truth.
+        req.headers_mut().remove(header::HOST);
+        with_timeout(addr, request_timeout, send.send_request(req))
+            .await?
+            .map_err(|source| ProxyError::Upstream { addr, source: source.into() })
+    }
+
+    /// Send `req` as HTTP/1.1 to `addr`, keeping its `Host` header (set from the URI's
+    /// authority when absent).
+    pub(crate) async fn send_h1(
+        &self,
+        addr: SocketAddr,
+        mut req: Request<Body>,
+        request_timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        *req.version_mut() = Version::HTTP_11;
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = absolute(&addr.to_string(), path)?;
+        match with_timeout(addr, request_timeout, self.h1.request(req)).await? {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => Err(ProxyError::Connect {
+                addr,
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, connect_reason(&e)),
+            }),
+            Err(e) => Err(ProxyError::Upstream { addr, source: e.into() }),
+        }
+    }
+}
+
+/// The innermost cause of a connect error ("Connection refused (os error 111)").
+fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+async fn with_timeout<F: std::future::Future>(
+    addr: SocketAddr,
+    timeout: Duration,
+    fut: F,
+) -> Result<F::Output, ProxyError> {
+    if timeout.is_zero() {
+        return Ok(fut.await);
+    }
+    tokio::time::timeout(timeout, fut).await.map_err(|_| ProxyError::Timeout { addr, timeout })
+}
+
+/// `http://authority/path`.
+pub(crate) fn absolute(authority: &str, path: PathAndQuery) -> Result<Uri, ProxyError> {
+    let authority: Authority =
+        authority.parse().map_err(|_| ProxyError::BadRequest { reason: "invalid authority" })?;
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadRequest { reason: "invalid request target" })
+}

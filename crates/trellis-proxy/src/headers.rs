@@ -1,0 +1,217 @@
+//! Header hygiene: hop-by-hop headers, request ids, forwarding headers, and the few headers
+//! the two proxies use between themselves. Nothing else in a request or response is rewritten.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Between proxies: the app address the request is for (`ip:port`).
+pub(crate) const TRELLIS_DST: HeaderName = HeaderName::from_static("trellis-dst");
+/// Between proxies: the protocol the client spoke (`http1` or `h2`), so the far side gives the
+/// app the same.
+pub(crate) const TRELLIS_PROTO: HeaderName = HeaderName::from_static("trellis-proto");
+/// Between proxies: the calling workload and namespace (`workload.namespace`), for telemetry
+/// until mTLS carries an authenticated identity.
+pub(crate) const TRELLIS_PEER: HeaderName = HeaderName::from_static("trellis-peer");
+/// Between proxies: the service the caller addressed (`name.ns.svc.cluster.local`).
+pub(crate) const TRELLIS_SERVICE: HeaderName = HeaderName::from_static("trellis-service");
+
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Remove the hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Transfer-Encoding`, `Upgrade`, and
+/// `TE` unless it is `trailers` (which gRPC needs end to end).
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            // `Connection: te` must not remove `te: trailers`, which we handle below.
+            if name != header::TE {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let only_trailers = te
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .unwrap_or(false);
+        if only_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Remove the headers the proxies use between themselves, so a client cannot forge them and an
+/// app never sees them.
+pub(crate) fn strip_internal(headers: &mut HeaderMap) {
+    headers.remove(TRELLIS_DST);
+    headers.remove(TRELLIS_PROTO);
+    headers.remove(TRELLIS_PEER);
+    headers.remove(TRELLIS_SERVICE);
+}
+
+/// The `trellis-peer` value naming a workload: `workload namespace`.
+pub(crate) fn peer_value(workload: &str, namespace: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("{workload} {namespace}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown unknown"))
+}
+
+/// Parse a `trellis-peer` value.
+pub(crate) fn parse_peer(value: &HeaderValue) -> Option<(&str, &str)> {
+    value.to_str().ok()?.split_once(' ')
+}
+
+/// Add `x-request-id` when the request has none; returns the id in force.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID) {
+        return id.clone();
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+/// At the edge of the mesh: record the client's address and the scheme it used.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
+    let client = client.to_string();
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// Is this an HTTP/1.1 upgrade request (WebSocket and friends)?
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// A random 128-bit id in UUID v4 text form. Randomness comes from the standard library's
+/// per-process random hasher keys mixed with a counter: unique without a dependency.
+fn new_request_id() -> HeaderValue {
+    static KEYS: LazyLock<(RandomState, RandomState)> =
+        LazyLock::new(|| (RandomState::new(), RandomState::new()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut a = KEYS.0.build_hasher();
+    a.write_u64(n);
+    let mut b = KEYS.1.build_hasher();
+    b.write_u64(n);
+    let hi = a.finish();
+    let lo = b.finish();
+    let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+    let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    let text = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("proxy-connection").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_removed() {
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn request_id_is_kept_or_added_and_unique() {
+        let mut h = map(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h), "abc");
+        let mut a = HeaderMap::new();
+        let mut b = HeaderMap::new();
+        let ida = ensure_request_id(&mut a);
+        let idb = ensure_request_id(&mut b);
+        assert_ne!(ida, idb);
+        assert_eq!(ida.len(), 36);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        set_forwarded(&mut h, IpAddr::from([127, 0, 0, 1]), "http");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn upgrade_detection_needs_both_headers() {
+        assert!(is_upgrade(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+}

@@ -1,0 +1,27 @@
+//! The Trellis data plane: the sidecar proxy.
+//!
+//! [`app::build`] wires a whole proxy from a [`trellis_model::ProxyConfig`]: it binds the
+//! listeners, starts their accept loops and returns the bound addresses with a shutdown handle.
+//! The request path is read top to bottom in [`outbound`] (app → mesh) and [`inbound`]
+//! (mesh → app); the rest are the pieces they call.
+
+pub mod access_log;
+pub mod app;
+mod balance;
+pub mod detect;
+mod error;
+mod forward;
+mod headers;
+mod inbound;
+pub mod metrics;
+mod observe;
+mod orig_dst;
+mod outbound;
+mod pool;
+mod prefixed;
+mod serve;
+mod state;
+mod tunnel;
+
+pub use app::{Bound, BoundAddrs, BuildError, build};
+pub use error::ProxyError;

@@ -1,0 +1,500 @@
+//! Telemetry on the request path: one observer per request or TCP connection, which records
+//! metrics and writes the access log line once, when the exchange is over (the response body's
+//! last byte, or the client going away), whatever path the request took.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use crate::access_log::{self, Protocol, RequestLog, TcpLog};
+use crate::error::ProxyError;
+use crate::metrics::{
+    Metrics, Reporter, RequestLabels, RequestProtocol, ResponseFlags, SecurityPolicy, TcpLabels,
+};
+use crate::pool::{Body, BoxError, boxed, full};
+use crate::state::{Destination, EndpointInfo, NodeInfo};
+use crate::tunnel::Relayed;
+
+/// Labels used before anything better is known.
+fn unknown() -> Arc<str> {
+    crate::metrics::unknown()
+}
+
+/// Observes one HTTP request.
+#[derive(Debug)]
+pub(crate) struct RequestObserver {
+    metrics: Metrics,
+    start: Instant,
+    labels: RequestLabels,
+    request_id: Option<HeaderValue>,
+    method: Method,
+    authority: String,
+    path: String,
+    protocol: Protocol,
+    client: SocketAddr,
+    local: SocketAddr,
+    upstream: Option<SocketAddr>,
+    user_agent: Option<HeaderValue>,
+    received: Arc<AtomicU64>,
+}
+
+/// Where a connection came from and arrived.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnAddrs {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
+
+impl RequestObserver {
+    /// Start observing `req`, received on `addrs`, as seen by `reporter`; `node` is this proxy.
+    pub(crate) fn start<B>(
+        metrics: &Metrics,
+        reporter: Reporter,
+        node: &NodeInfo,
+        req: &Request<B>,
+        addrs: ConnAddrs,
+    ) -> Self {
+        let grpc = is_grpc(req.headers());
+        let me = node.workload.clone();
+        let my_ns = node.namespace.clone();
+        let (src, src_ns, dst, dst_ns) = match reporter {
+            Reporter::Source => (me, my_ns, unknown(), unknown()),
+            Reporter::Destination => (unknown(), unknown(), me, my_ns),
+        };
+        Self {
+            metrics: metrics.clone(),
+            start: Instant::now(),
+            labels: RequestLabels {
+                reporter,
+                source_workload: src,
+                source_namespace: src_ns,
+                source_principal: unknown(),
+                destination_service: unknown(),
+                destination_workload: dst,
+                destination_namespace: dst_ns,
+                destination_principal: unknown(),
+                request_protocol: if grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
+                response_code: 0,
+                grpc_response_status: None,
+                response_flags: ResponseFlags::None,
+                connection_security_policy: match reporter {
+                    // mTLS arrives with the identity work; until then every hop is plaintext.
+                    Reporter::Source => SecurityPolicy::Unknown,
+                    Reporter::Destination => SecurityPolicy::Plaintext,
+                },
+            },
+            request_id: req.headers().get(crate::headers::X_REQUEST_ID).cloned(),
+            method: req.method().clone(),
+            authority: authority_of(req).unwrap_or_default(),
+            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            protocol: Protocol::new(req.version(), grpc),
+            client: addrs.client,
+            local: addrs.local,
+            upstream: None,
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            received: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
+        self.request_id = Some(id);
+    }
+
+    /// The caller, as named by the peer proxy (inbound side).
+    pub(crate) fn set_source(&mut self, workload: Arc<str>, namespace: Arc<str>) {
+        self.labels.source_workload = workload;
+        self.labels.source_namespace = namespace;
+    }
+
+    pub(crate) fn set_service(&mut self, fqdn: Arc<str>) {
+        self.labels.destination_service = fqdn;
+    }
+
+    /// The destination chosen by routing (outbound side).
+    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo) {
+        self.labels.destination_service = dest.fqdn.clone();
+        self.labels.destination_workload = ep.workload.clone();
+        self.labels.destination_namespace = ep.namespace.clone();
+        self.upstream = Some(ep.mesh.unwrap_or(ep.target));
+    }
+
+    pub(crate) fn set_upstream(&mut self, addr: SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    /// Wrap the request body so that its bytes are counted.
+    pub(crate) fn count_request<B>(&self, body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        boxed(Counting { inner: body, count: self.received.clone() })
+    }
+
+    /// Finish with the upstream's response (its body is observed until its end) or an error
+    /// (answered locally).
+    pub(crate) fn respond<B>(
+        self,
+        result: Result<Response<B>, ProxyError>,
+        version: Version,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match result {
+            Ok(resp) => self.observe_response(resp, version, ResponseFlags::None),
+            Err(error) => self.fail(&error, version),
+        }
+    }
+
+    /// Answer locally with the error's status; recorded at once.
+    pub(crate) fn fail(mut self, error: &ProxyError, version: Version) -> Response<Body> {
+        let status = error.status();
+        if status.is_server_error() {
+            tracing::warn!(%error, "request failed");
+        } else {
+            tracing::debug!(%error, "request refused");
+        }
+        self.labels.response_code = status.as_u16();
+        self.labels.response_flags = error.flags();
+        let body = format!("{error}\n");
+        let len = body.len() as u64;
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if status == StatusCode::BAD_REQUEST {
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self.finish(len, None);
+        resp
+    }
+
+    /// Record a response the proxy built itself (e.g. a tunnel's `200`).
+    pub(crate) fn observe_response<B>(
+        mut self,
+        resp: Response<B>,
+        version: Version,
+        flags: ResponseFlags,
+    ) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = resp.into_parts();
+        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+            crate::headers::strip_hop_by_hop(&mut parts.headers);
+        }
+        parts.version = version;
+        self.labels.response_code = parts.status.as_u16();
+        self.labels.response_flags = flags;
+        // A trailers-only gRPC response carries its status in the headers.
+        let grpc_status = grpc_status(&parts.headers);
+        let pending = Pending { obs: Some(self), sent: 0, grpc_status };
+        Response::from_parts(parts, boxed(Observed { inner: body, pending }))
+    }
+
+    fn finish(mut self, sent: u64, grpc_status: Option<u16>) {
+        let duration = self.start.elapsed();
+        self.labels.grpc_response_status = grpc_status;
+        self.metrics.record_request(&self.labels, duration);
+        let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
+        let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
+        access_log::log_request(&RequestLog {
+            reporter: self.labels.reporter,
+            request_id,
+            method: self.method.as_str(),
+            authority: &self.authority,
+            path: &self.path,
+            protocol: self.protocol,
+            response_code: self.labels.response_code,
+            grpc_status,
+            response_flags: self.labels.response_flags,
+            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_sent: sent,
+            duration,
+            upstream_host: self.upstream,
+            destination_service: &self.labels.destination_service,
+            downstream_remote_address: self.client,
+            downstream_local_address: self.local,
+            source_workload: &self.labels.source_workload,
+            destination_workload: &self.labels.destination_workload,
+            source_principal: &self.labels.source_principal,
+            destination_principal: &self.labels.destination_principal,
+            user_agent,
+        });
+    }
+
+    /// Turn this observer into one for the TCP tunnel the request opened (CONNECT, upgrades).
+    pub(crate) fn into_tcp(self, sni: Option<String>) -> TcpObserver {
+        let labels = TcpLabels {
+            reporter: self.labels.reporter,
+            source_workload: self.labels.source_workload,
+            source_namespace: self.labels.source_namespace,
+            source_principal: self.labels.source_principal,
+            destination_service: self.labels.destination_service,
+            destination_workload: self.labels.destination_workload,
+            destination_namespace: self.labels.destination_namespace,
+            destination_principal: self.labels.destination_principal,
+            response_flags: ResponseFlags::None,
+            connection_security_policy: self.labels.connection_security_policy,
+        };
+        self.metrics.tcp_opened(&labels);
+        TcpObserver {
+            metrics: self.metrics,
+            start: self.start,
+            labels,
+            client: self.client,
+            local: self.local,
+            upstream: self.upstream,
+            sni,
+        }
+    }
+}
+
+/// Observes one TCP connection or tunnel.
+#[derive(Debug)]
+pub(crate) struct TcpObserver {
+    metrics: Metrics,
+    start: Instant,
+    labels: TcpLabels,
+    client: SocketAddr,
+    local: SocketAddr,
+    upstream: Option<SocketAddr>,
+    sni: Option<String>,
+}
+
+impl TcpObserver {
+    /// Start observing a TCP connection (transparent capture, inbound capture).
+    pub(crate) fn start(metrics: &Metrics, reporter: Reporter, node: &NodeInfo, addrs: ConnAddrs) -> Self {
+        let me = node.workload.clone();
+        let my_ns = node.namespace.clone();
+        let (src, src_ns, dst, dst_ns) = match reporter {
+            Reporter::Source => (me, my_ns, unknown(), unknown()),
+            Reporter::Destination => (unknown(), unknown(), me, my_ns),
+        };
+        let labels = TcpLabels {
+            reporter,
+            source_workload: src,
+            source_namespace: src_ns,
+            source_principal: unknown(),
+            destination_service: unknown(),
+            destination_workload: dst,
+            destination_namespace: dst_ns,
+            destination_principal: unknown(),
+            response_flags: ResponseFlags::None,
+            connection_security_policy: match reporter {
+                Reporter::Source => SecurityPolicy::Unknown,
+                Reporter::Destination => SecurityPolicy::Plaintext,
+            },
+        };
+        metrics.tcp_opened(&labels);
+        Self {
+            metrics: metrics.clone(),
+            start: Instant::now(),
+            labels,
+            client: addrs.client,
+            local: addrs.local,
+            upstream: None,
+            sni: None,
+        }
+    }
+
+    pub(crate) fn set_sni(&mut self, sni: Option<String>) {
+        self.sni = sni;
+    }
+
+    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo) {
+        self.labels.destination_service = dest.fqdn.clone();
+        self.labels.destination_workload = ep.workload.clone();
+        self.labels.destination_namespace = ep.namespace.clone();
+        self.upstream = Some(ep.mesh.unwrap_or(ep.target));
+    }
+
+    pub(crate) fn set_upstream(&mut self, addr: SocketAddr) {
+        self.upstream = Some(addr);
+    }
+
+    /// The connection could not be set up.
+    pub(crate) fn fail(mut self, error: &ProxyError) {
+        tracing::warn!(%error, "connection failed");
+        self.labels.response_flags = error.flags();
+        self.close(Relayed::default());
+    }
+
+    /// The relay is over.
+    pub(crate) fn close(mut self, relayed: Relayed) {
+        if relayed.idle_timeout && self.labels.response_flags == ResponseFlags::None {
+            self.labels.response_flags = ResponseFlags::StreamIdleTimeout;
+        }
+        self.metrics.tcp_bytes(&self.labels, relayed.sent, relayed.received);
+        self.metrics.tcp_closed(&self.labels);
+        access_log::log_tcp(&TcpLog {
+            reporter: self.labels.reporter,
+            response_flags: self.labels.response_flags,
+            bytes_received: relayed.received,
+            bytes_sent: relayed.sent,
+            duration: self.start.elapsed(),
+            upstream_host: self.upstream,
+            destination_service: &self.labels.destination_service,
+            downstream_remote_address: self.client,
+            downstream_local_address: self.local,
+            source_workload: &self.labels.source_workload,
+            destination_workload: &self.labels.destination_workload,
+            source_principal: &self.labels.source_principal,
+            destination_principal: &self.labels.destination_principal,
+            sni: self.sni.as_deref(),
+        });
+    }
+}
+
+/// Records the request when the response body ends or is dropped (the client went away).
+#[derive(Debug)]
+struct Pending {
+    obs: Option<RequestObserver>,
+    sent: u64,
+    grpc_status: Option<u16>,
+}
+
+impl Pending {
+    fn done(&mut self, flags: Option<ResponseFlags>) {
+        if let Some(mut obs) = self.obs.take() {
+            if let Some(flags) = flags {
+                if obs.labels.response_flags == ResponseFlags::None {
+                    obs.labels.response_flags = flags;
+                }
+            }
+            obs.finish(self.sent, self.grpc_status);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Dropped before the end: the client closed the stream or connection mid-response.
+        self.done(Some(ResponseFlags::DownstreamConnectionTermination));
+    }
+}
+
+/// A response body observed frame by frame.
+struct Observed<B> {
+    inner: B,
+    pending: Pending,
+}
+
+impl<B> http_body::Body for Observed<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.pending.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(status) = grpc_status(trailers) {
+                        this.pending.grpc_status = Some(status);
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.pending.done(None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.pending.done(Some(ResponseFlags::UpstreamConnectionTermination));
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                this.pending.done(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body whose bytes are counted.
+struct Counting<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> http_body::Body for Counting<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The authority a request names: its URI's (absolute-form, HTTP/2) or its Host header.
+pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers().get(header::HOST)?.to_str().ok().map(str::to_owned)
+}

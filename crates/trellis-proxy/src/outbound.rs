@@ -1,0 +1,438 @@
+//! The outbound side: traffic from the local app to the mesh.
+//!
+//! Two listeners feed it. The explicit proxy (`HTTP_PROXY`) receives absolute-form HTTP/1.1
+//! requests, `CONNECT` tunnels and HTTP/2 prior-knowledge requests routed by `:authority`. The
+//! transparent listener receives connections redirected by iptables and routes them by their
+//! original destination. Either way: detect the protocol, find the destination, pick an
+//! endpoint, and send over the mesh (HTTP/2 to the endpoint's proxy) or directly.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use trellis_model::{OutboundPolicy, Protocol as Declared, Timeouts};
+use trellis_runtime::DrainWatcher;
+
+use crate::detect::{Protocol, detect};
+use crate::error::ProxyError;
+use crate::forward::{Upstreams, absolute};
+use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
+use crate::metrics::{Metrics, Reporter};
+use crate::observe::{ConnAddrs, RequestObserver, TcpObserver, authority_of};
+use crate::orig_dst::original_dst;
+use crate::pool::{Body, empty};
+use crate::state::{Destination, Snapshot, State};
+use crate::tunnel::{self, relay};
+
+/// The outbound side of one proxy.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    state: Arc<State>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+}
+
+/// What one downstream connection brings to each of its requests.
+#[derive(Debug, Clone, Copy)]
+struct ConnCtx {
+    addrs: ConnAddrs,
+    /// Transparent capture: where the client meant to go.
+    orig_dst: Option<SocketAddr>,
+    /// The version the client speaks on this connection.
+    version: Version,
+}
+
+/// Where a request goes: the endpoint's app address and, in the mesh, its proxy.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    target: SocketAddr,
+    mesh: Option<SocketAddr>,
+    /// The endpoint speaks HTTP/2 (declared `http2`/`grpc`), when reached directly.
+    h2: bool,
+}
+
+impl Outbound {
+    pub(crate) fn new(state: Arc<State>, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
+        Self { state, upstreams, metrics }
+    }
+
+    /// Serve one connection accepted by the explicit proxy listener (`transparent == false`) or
+    /// the transparent capture listener.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        drain: DrainWatcher,
+        transparent: bool,
+    ) {
+        let snapshot = self.state.load();
+        let timeouts = snapshot.timeouts;
+        let local = stream.local_addr().unwrap_or(client);
+        let addrs = ConnAddrs { client, local };
+        let orig_dst = if transparent {
+            match original_dst(&stream) {
+                Ok(dst) if dst != local => Some(dst),
+                Ok(_) => {
+                    tracing::warn!("connection to the capture port was not redirected; closing");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "no original destination (not redirected by iptables?)");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+
+        // Ports declared `tcp` skip detection: server-first protocols must not wait for it.
+        if let Some(dst) = orig_dst {
+            if snapshot.by_addr(dst).is_some_and(|d| d.protocol == Declared::Tcp) {
+                return self.tcp(stream, addrs, dst, None, &snapshot).await;
+            }
+        }
+        let (protocol, io) = match detect(stream, timeouts.detect).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%error, "connection closed during protocol detection");
+                return;
+            }
+        };
+        tracing::trace!(protocol = protocol.as_str(), "detected");
+        match protocol {
+            Protocol::Http1 => {
+                let (prefix, inner) = io.into_parts();
+                if crate::serve::ambiguous_framing(&prefix) {
+                    crate::serve::reject_smuggling(inner).await;
+                    return;
+                }
+                let io = crate::prefixed::Prefixed::new(prefix, inner);
+                let ctx = ConnCtx { addrs, orig_dst, version: Version::HTTP_11 };
+                crate::serve::http1(io, timeouts.header, &drain, self.service(ctx)).await;
+            }
+            Protocol::Http2 => {
+                let ctx = ConnCtx { addrs, orig_dst, version: Version::HTTP_2 };
+                crate::serve::http2(io, &drain, self.service(ctx)).await;
+            }
+            Protocol::Tls { sni } => match orig_dst {
+                Some(dst) => self.tcp(io, addrs, dst, sni, &snapshot).await,
+                None => tracing::debug!("TLS sent to the explicit proxy port; it needs CONNECT"),
+            },
+            Protocol::Opaque => match orig_dst {
+                Some(dst) => self.tcp(io, addrs, dst, None, &snapshot).await,
+                None => tracing::debug!("non-HTTP bytes sent to the explicit proxy port; closing"),
+            },
+        }
+    }
+
+    fn service(
+        self: &Arc<Self>,
+        ctx: ConnCtx,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    > + Send
+    + 'static {
+        let this = self.clone();
+        service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle(ctx, req).await) }
+        })
+    }
+
+    /// One HTTP request from the app.
+    async fn handle(&self, ctx: ConnCtx, mut req: Request<Incoming>) -> Response<Body> {
+        let snapshot = self.state.load();
+        let mut obs =
+            RequestObserver::start(&self.metrics, Reporter::Source, &snapshot.node, &req, ctx.addrs);
+        let timeouts = snapshot.timeouts;
+
+        // 1. Where is it going?
+        let Some((host, port)) = authority_of(&req).and_then(|a| split_authority(&a)) else {
+            return obs.fail(&ProxyError::NoAuthority, ctx.version);
+        };
+        let dest = ctx
+            .orig_dst
+            .and_then(|dst| snapshot.by_addr(dst))
+            .or_else(|| snapshot.by_host(&host, port))
+            .cloned();
+        let route = match self.route(&snapshot, dest.as_deref(), &host, port, ctx.version).await {
+            Ok(route) => route,
+            Err(error) => return obs.fail(&error, ctx.version),
+        };
+        let timeouts = dest.as_ref().map_or(timeouts, |d| d.timeouts);
+        match (&dest, route.mesh) {
+            (Some(d), _) => {
+                if let Some(ep) = d.endpoints.iter().find(|e| e.target == route.target) {
+                    obs.set_destination(d, ep);
+                }
+            }
+            (None, _) => obs.set_upstream(route.target),
+        }
+
+        // 2. CONNECT: a tunnel, answered here once the far end is reachable.
+        if req.method() == Method::CONNECT {
+            return self.connect(req, obs, dest.as_deref(), route, &snapshot, timeouts, ctx.version).await;
+        }
+
+        // 3. Header hygiene, at the edge of the mesh.
+        let upgrade = headers::is_upgrade(req.headers());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
+        headers::strip_internal(req.headers_mut());
+        if !upgrade {
+            headers::strip_hop_by_hop(req.headers_mut());
+        }
+        headers::set_forwarded(req.headers_mut(), ctx.addrs.client.ip(), "http");
+        let (parts, body) = req.into_parts();
+        let mut req = Request::from_parts(parts, obs.count_request(body));
+
+        // 4. Send it.
+        let result = match downstream_upgrade {
+            Some(downstream) => self.upgrade(req, downstream, route, dest.as_deref(), &snapshot, timeouts).await,
+            None => {
+                if let Some(d) = &dest {
+                    req.headers_mut().insert(TRELLIS_SERVICE, d.service_header.clone());
+                }
+                self.forward(req, ctx, route, &snapshot, timeouts).await
+            }
+        };
+        obs.respond(result, ctx.version)
+    }
+
+    /// Pick the endpoint for a destination, or resolve a destination outside the mesh.
+    async fn route(
+        &self,
+        snapshot: &Snapshot,
+        dest: Option<&Destination>,
+        host: &str,
+        port: u16,
+        version: Version,
+    ) -> Result<Route, ProxyError> {
+        if let Some(dest) = dest {
+            let ep = dest.pick().ok_or_else(|| ProxyError::NoEndpoints { service: dest.fqdn.to_string() })?;
+            let h2 = matches!(dest.protocol, Declared::Http2 | Declared::Grpc);
+            return Ok(Route { target: ep.target, mesh: ep.mesh, h2 });
+        }
+        if snapshot.outbound_policy == OutboundPolicy::RegistryOnly {
+            return Err(ProxyError::NoRoute { authority: format!("{host}:{port}") });
+        }
+        // Passthrough (ALLOW_ANY): straight to the named host, in the client's protocol.
+        let target = resolve(host, port).await?;
+        Ok(Route { target, mesh: None, h2: version == Version::HTTP_2 })
+    }
+
+    /// Forward an ordinary request and return the upstream's response.
+    async fn forward(
+        &self,
+        mut req: Request<Body>,
+        ctx: ConnCtx,
+        route: Route,
+        snapshot: &Snapshot,
+        t: Timeouts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        match route.mesh {
+            Some(peer) => {
+                // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
+                *req.uri_mut() = absolute(&authority, path)?;
+                let h = req.headers_mut();
+                h.insert(TRELLIS_DST, header_value(route.target));
+                h.insert(
+                    TRELLIS_PROTO,
+                    HeaderValue::from_static(if ctx.version == Version::HTTP_2 { "h2" } else { "http1" }),
+                );
+                h.insert(TRELLIS_PEER, snapshot.node.peer_header.clone());
+                self.upstreams.send_h2(peer, req, t.connect, t.request).await
+            }
+            None => {
+                headers::strip_internal(req.headers_mut());
+                if route.h2 || ctx.version == Version::HTTP_2 {
+                    *req.uri_mut() = absolute(&authority, path)?;
+                    self.upstreams.send_h2(route.target, req, t.connect, t.request).await
+                } else {
+                    self.upstreams.send_h1(route.target, req, t.request).await
+                }
+            }
+        }
+    }
+
+    /// An HTTP/1.1 upgrade (WebSocket): the request travels in a tunnel to the endpoint as
+    /// HTTP/1.1, and once both sides switch protocols the bytes are relayed.
+    async fn upgrade(
+        &self,
+        mut req: Request<Body>,
+        downstream: hyper::upgrade::OnUpgrade,
+        route: Route,
+        dest: Option<&Destination>,
+        snapshot: &Snapshot,
+        t: Timeouts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let up = &self.upstreams;
+        let service = dest.map(|d| d.service_header.clone());
+        let tunnel = tunnel::open(&up.connector, &up.h2, route.target, route.mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await?;
+        let addr = route.mesh.unwrap_or(route.target);
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
+            .await
+            .map_err(|source| ProxyError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, "upgrade connection ended");
+            }
+        });
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = path.as_str().parse().map_err(|_| ProxyError::BadRequest { reason: "invalid path" })?;
+        *req.version_mut() = Version::HTTP_11;
+        let mut resp = send
+            .send_request(req)
+            .await
+            .map_err(|source| ProxyError::Upstream { addr, source: source.into() })?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let idle = t.idle;
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((d, u)) => {
+                        let relayed = relay(TokioIo::new(d), TokioIo::new(u), idle).await;
+                        tracing::debug!(sent = relayed.sent, received = relayed.received, "upgraded connection closed");
+                    }
+                    Err(error) => tracing::debug!(%error, "upgrade failed"),
+                }
+            });
+        }
+        Ok(resp)
+    }
+
+    /// `CONNECT host:port`: open the tunnel first (so a failure is a proper 503), answer 200,
+    /// then relay bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn connect(
+        &self,
+        mut req: Request<Incoming>,
+        obs: RequestObserver,
+        dest: Option<&Destination>,
+        route: Route,
+        snapshot: &Snapshot,
+        t: Timeouts,
+        version: Version,
+    ) -> Response<Body> {
+        let up = &self.upstreams;
+        let service = dest.map(|d| d.service_header.clone());
+        let tunnel = match tunnel::open(&up.connector, &up.h2, route.target, route.mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await {
+            Ok(tunnel) => tunnel,
+            Err(error) => return obs.fail(&error, version),
+        };
+        let tls = dest.is_some_and(|d| d.protocol == Declared::Tls) || dest.is_none() && route.target.port() == 443;
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let detect_timeout = t.detect;
+        let idle = t.idle;
+        let mut tcp = obs.into_tcp(None);
+        tokio::spawn(async move {
+            let client = match on_upgrade.await {
+                Ok(upgraded) => TokioIo::new(upgraded),
+                Err(error) => {
+                    tracing::debug!(%error, "CONNECT client went away before the tunnel opened");
+                    return tcp.close(Default::default());
+                }
+            };
+            // TLS inside the tunnel: record the SNI (the bytes pass through untouched).
+            let relayed = if tls {
+                match detect(client, detect_timeout).await {
+                    Ok((Protocol::Tls { sni }, io)) => {
+                        tcp.set_sni(sni);
+                        relay(io, tunnel, idle).await
+                    }
+                    Ok((_, io)) => relay(io, tunnel, idle).await,
+                    Err(_) => Default::default(),
+                }
+            } else {
+                relay(client, tunnel, idle).await
+            };
+            tcp.close(relayed);
+        });
+        let mut resp = Response::new(empty());
+        *resp.version_mut() = version;
+        resp
+    }
+
+    /// A TCP connection captured transparently (declared `tcp`/`tls`, or not HTTP).
+    async fn tcp<I>(&self, io: I, addrs: ConnAddrs, dst: SocketAddr, sni: Option<String>, snapshot: &Snapshot)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut obs = TcpObserver::start(&self.metrics, Reporter::Source, &snapshot.node, addrs);
+        obs.set_sni(sni);
+        let dest = snapshot.by_addr(dst);
+        let (target, mesh) = match dest {
+            Some(d) => match d.pick() {
+                Some(ep) => {
+                    obs.set_destination(d, ep);
+                    (ep.target, ep.mesh)
+                }
+                None => return obs.fail(&ProxyError::NoEndpoints { service: d.fqdn.to_string() }),
+            },
+            None if snapshot.outbound_policy == OutboundPolicy::RegistryOnly => {
+                return obs.fail(&ProxyError::NoRoute { authority: dst.to_string() });
+            }
+            None => {
+                obs.set_upstream(dst);
+                (dst, None)
+            }
+        };
+        let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
+        let up = &self.upstreams;
+        let service = dest.map(|d| d.service_header.clone());
+        match tunnel::open(&up.connector, &up.h2, target, mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await {
+            Ok(tunnel) => obs.close(relay(io, tunnel, t.idle).await),
+            Err(error) => obs.fail(&error),
+        }
+    }
+}
+
+/// `host[:port]` → (host, port), port 80 by default; IPv6 literals in brackets.
+fn split_authority(authority: &str) -> Option<(String, u16)> {
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_owned(), authority.port_u16().unwrap_or(80)))
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ProxyError::Resolve { host: host.to_owned(), source })?;
+    addrs.next().ok_or_else(|| ProxyError::Resolve {
+        host: host.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+    })
+}
+
+fn header_value(addr: SocketAddr) -> HeaderValue {
+    // A socket address is always a valid header value.
+    HeaderValue::from_str(&addr.to_string()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split_with_default_port() {
+        assert_eq!(split_authority("web.test"), Some(("web.test".into(), 80)));
+        assert_eq!(split_authority("web.test:8080"), Some(("web.test".into(), 8080)));
+        assert_eq!(split_authority("[::1]:9"), Some(("::1".into(), 9)));
+        assert_eq!(split_authority("bad host"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Accept loops and the HTTP server settings shared by every listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+use trellis_runtime::DrainWatcher;
+
+use crate::pool::Body;
+
+/// The largest request header section accepted from a client (431 beyond).
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Accept connections until drain starts; each connection runs `serve` in its own task under
+/// a span naming the listener and both addresses, and holds a drain watcher while it runs so
+/// that shutdown waits for it.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    name: &'static str,
+    drain: DrainWatcher,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, DrainWatcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let mut next_id: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = drain.signaled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                // Latency matters more than packet count on every hop we own.
+                let _ = stream.set_nodelay(true);
+                next_id += 1;
+                let span = tracing::debug_span!(
+                    "conn", listener = name, id = next_id, src.addr = %client,
+                    dst.addr = ?local,
+                );
+                let task = serve(stream, client, drain.clone());
+                tokio::spawn(task.instrument(span));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!(listener = name, "stopped accepting");
+}
+
+/// Serve HTTP/1.1 on `io` until the client is done or drain asks the connection to close
+/// after its in-flight request. Upgrades (CONNECT, WebSocket) are allowed.
+pub(crate) async fn http1<I, S>(io: I, header_timeout: Duration, drain: &DrainWatcher, service: S)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP/1 connection ended with an error");
+    }
+}
+
+/// Serve HTTP/2 (prior knowledge) on `io`; on drain, send GOAWAY and finish open streams.
+pub(crate) async fn http2<I, S>(io: I, drain: &DrainWatcher, service: S)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(64 * 1024)
+        .max_send_buf_size(1024 * 1024)
+        .max_concurrent_streams(1024)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.signaled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Does this request head carry both `Content-Length` and `Transfer-Encoding`? Such a request
+/// is framed ambiguously (the classic request-smuggling shape) and is refused outright.
+///
+/// hyper itself would frame it by `Transfer-Encoding` and close the connection afterwards,
+/// which is safe for us but may not be for the next hop, so we answer 400 instead. This check
+/// sees the first request of a connection (the bytes read by protocol detection); later
+/// requests on the same connection fall back to hyper's behaviour.
+pub(crate) fn ambiguous_framing(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(_) => {}
+        // Too many headers for this quick look, or not parseable: hyper will judge it.
+        Err(_) => return false,
+    }
+    let has = |name: &str| req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    has("content-length") && has("transfer-encoding")
+}
+
+/// Answer an ambiguously framed request with 400 and close the connection.
+pub(crate) async fn reject_smuggling<I: AsyncWrite + Unpin>(mut io: I) {
+    use tokio::io::AsyncWriteExt;
+    tracing::warn!("request with both Content-Length and Transfer-Encoding refused (request smuggling)");
+    let body = "request has both Content-Length and Transfer-Encoding\n";
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = io.write_all(resp.as_bytes()).await;
+    let _ = io.shutdown().await;
+}

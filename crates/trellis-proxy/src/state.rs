@@ -1,0 +1,175 @@
+//! The proxy's view of the mesh: an immutable snapshot built from the config, swapped whole
+//! when a new config arrives. Readers on the hot path load it without locking.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use trellis_model::{OutboundPolicy, Protocol, ProxyConfig, Timeouts};
+
+use crate::balance::{Balancer, RoundRobin};
+
+/// Shared, swappable state.
+#[derive(Debug)]
+pub(crate) struct State {
+    current: ArcSwap<Snapshot>,
+}
+
+/// Everything derived from one config, indexed for the request path.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) config: Arc<ProxyConfig>,
+    /// This proxy's own workload, for telemetry.
+    pub(crate) node: NodeInfo,
+    /// Services by lower-case host name, then port.
+    by_host: HashMap<String, Vec<(u16, Arc<Destination>)>>,
+    /// Services by virtual address and port (transparent capture).
+    by_addr: HashMap<SocketAddr, Arc<Destination>>,
+    /// The local app's ports and their protocols (inbound side).
+    app_ports: HashMap<u16, Protocol>,
+    pub(crate) app_address: IpAddr,
+    pub(crate) outbound_policy: OutboundPolicy,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// Who this proxy is.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeInfo {
+    pub(crate) workload: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    /// This proxy's `trellis-peer` header value.
+    pub(crate) peer_header: HeaderValue,
+}
+
+/// One port of one service: what a request is routed to.
+#[derive(Debug)]
+pub(crate) struct Destination {
+    /// `name.namespace.svc.cluster.local`, the `destination_service` label.
+    pub(crate) fqdn: Arc<str>,
+    /// `fqdn` as a `trellis-service` header value.
+    pub(crate) service_header: HeaderValue,
+    pub(crate) protocol: Protocol,
+    pub(crate) endpoints: Vec<EndpointInfo>,
+    pub(crate) timeouts: Timeouts,
+    balancer: Box<dyn Balancer>,
+}
+
+/// One endpoint of a destination.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointInfo {
+    /// Where the endpoint's app listens for this port.
+    pub(crate) target: SocketAddr,
+    /// The endpoint's proxy (mesh transport); `None` for endpoints outside the mesh.
+    pub(crate) mesh: Option<SocketAddr>,
+    pub(crate) workload: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+}
+
+impl State {
+    pub(crate) fn new(config: ProxyConfig) -> Self {
+        Self { current: ArcSwap::from_pointee(Snapshot::build(config)) }
+    }
+
+    /// The config in force.
+    pub(crate) fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Replace the config in force (the control-plane client calls this on a push).
+    #[allow(dead_code)]
+    pub(crate) fn store(&self, config: ProxyConfig) {
+        self.current.store(Arc::new(Snapshot::build(config)));
+    }
+}
+
+impl Snapshot {
+    fn build(config: ProxyConfig) -> Self {
+        let mut by_host: HashMap<String, Vec<(u16, Arc<Destination>)>> = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for svc in &config.services {
+            let fqdn: Arc<str> = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace).into();
+            let timeouts = svc.timeouts.unwrap_or(config.timeouts);
+            for port in &svc.ports {
+                let endpoints = svc
+                    .endpoints
+                    .iter()
+                    .map(|ep| EndpointInfo {
+                        target: ep.target(port),
+                        mesh: ep.mesh,
+                        workload: ep.workload.as_deref().unwrap_or("unknown").into(),
+                        namespace: ep.namespace.as_deref().unwrap_or(&svc.namespace).into(),
+                    })
+                    .collect();
+                let dest = Arc::new(Destination {
+                    fqdn: fqdn.clone(),
+                    service_header: HeaderValue::from_str(&fqdn)
+                        .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+                    protocol: port.protocol,
+                    endpoints,
+                    timeouts,
+                    balancer: Box::new(RoundRobin::default()),
+                });
+                for host in svc.all_hostnames() {
+                    by_host
+                        .entry(host.to_ascii_lowercase())
+                        .or_default()
+                        .push((port.port, dest.clone()));
+                }
+                for addr in &svc.addresses {
+                    by_addr.insert(SocketAddr::new(*addr, port.port), dest.clone());
+                }
+            }
+        }
+        let app_ports = config.app.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        Self {
+            node: NodeInfo {
+                workload: config.workload().into(),
+                namespace: config.node.namespace.as_str().into(),
+                peer_header: crate::headers::peer_value(config.workload(), &config.node.namespace),
+            },
+            by_host,
+            by_addr,
+            app_ports,
+            app_address: config.app.address,
+            outbound_policy: config.outbound_policy,
+            timeouts: config.timeouts,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The destination addressed by a host name (any of a service's names) and port.
+    pub(crate) fn by_host(&self, host: &str, port: u16) -> Option<&Arc<Destination>> {
+        let host = host.trim_end_matches('.');
+        let ports = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_host.get(&host.to_ascii_lowercase())
+        } else {
+            self.by_host.get(host)
+        }?;
+        ports.iter().find(|(p, _)| *p == port).map(|(_, d)| d)
+    }
+
+    /// The destination behind a virtual address (transparent capture).
+    pub(crate) fn by_addr(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
+        self.by_addr.get(&addr)
+    }
+
+    /// The protocol of a local app port, if the app serves it. Inbound traffic to any other
+    /// address or port is refused: the inbound side is not an open relay.
+    pub(crate) fn app_port(&self, target: SocketAddr) -> Option<Protocol> {
+        let ip = target.ip();
+        let local = ip == self.app_address || ip.is_loopback() && self.app_address.is_loopback();
+        if !local {
+            return None;
+        }
+        self.app_ports.get(&target.port()).copied()
+    }
+}
+
+impl Destination {
+    /// Pick an endpoint.
+    pub(crate) fn pick(&self) -> Option<&EndpointInfo> {
+        self.balancer.pick(self.endpoints.len()).and_then(|i| self.endpoints.get(i))
+    }
+}

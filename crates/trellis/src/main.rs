@@ -1,0 +1,49 @@
+//! `trellis`: the service mesh in one binary. Each subcommand lives in its own module.
+
+mod demo_app;
+mod proxy;
+
+use clap::{Parser, Subcommand};
+
+/// Trellis: a small, fast service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one sidecar proxy from a static config file.
+    Proxy(proxy::ProxyArgs),
+    /// Run the small HTTP/TCP service the demo and the tests use.
+    DemoApp(demo_app::DemoAppArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("trellis: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::DemoApp(args) => {
+                trellis_runtime::init_tracing(trellis_runtime::TracingOptions::default())?;
+                demo_app::run(args).await.map(|()| std::process::ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("trellis: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

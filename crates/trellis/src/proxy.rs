@@ -1,0 +1,71 @@
+//! `trellis proxy --config FILE`: one sidecar driven by a static config file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use trellis_model::ProxyConfig;
+use trellis_runtime::{DrainOutcome, ShutdownSignals, TracingOptions};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// The proxy's config (YAML): listeners, the local app, the services it may reach.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Once ready, write the bound listener addresses here as JSON (for tests and scripts).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Log level or directives for the stderr log (`info`, `debug`, `info,trellis_proxy=trace`).
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
+    log_level: String,
+    /// Do not write the JSON access log to stdout.
+    #[arg(long)]
+    no_access_log: bool,
+}
+
+pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let file = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read config file {file}"))?;
+    let config = match ProxyConfig::from_yaml(&file, &text) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("trellis: {file} is not a valid proxy config ({} errors):", errors.0.len());
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Install signal handlers before anything else so an early SIGTERM is not lost.
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let log = trellis_runtime::init_tracing(TracingOptions {
+        level: args.log_level.clone(),
+        access_log: !args.no_access_log,
+    })?;
+    tracing::info!(config = %file, node = %config.node.name, services = config.services.len(), "starting proxy");
+    tracing::debug!(config = ?config, "effective config");
+    let grace = config.timeouts.drain;
+
+    let bound = trellis_proxy::build(config, log).await?;
+    if let Some(path) = &args.ready_file {
+        write_atomically(path, &serde_json::to_vec(&bound.addrs)?)
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+
+    let kind = signals.recv().await;
+    tracing::info!(?kind, "shutting down");
+    match bound.shutdown(kind, grace).await {
+        DrainOutcome::Complete => tracing::info!("drained"),
+        DrainOutcome::TimedOut { remaining } => {
+            tracing::info!(remaining, "stopped with connections still open")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write `bytes` to `path` so that a reader never sees a partial file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
