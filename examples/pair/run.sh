@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Two demo apps talking through two Trellis proxies:
+#
+#   you ──► frontend (demo-app :8080) ──HTTP_PROXY──► proxy A ══HTTP/2 mesh══► proxy B ──► reviews (demo-app :9080)
+#
+# Builds the release binary, starts the four processes, shows one request's journey, then keeps
+# running until Ctrl-C (which stops everything).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+cd "$root"
+cargo build --release --quiet --bin trellis
+T="$root/target/release/trellis"
+logs="$(mktemp -d -t trellis-pair.XXXXXX)"
+
+pids=()
+stop() {
+  trap - EXIT INT TERM
+  echo; echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "logs kept in $logs"
+}
+trap stop EXIT INT TERM
+
+"$T" demo-app --name reviews --version v1 --http 127.0.0.1:9080 --tcp 127.0.0.1:9090 2>"$logs/reviews.log" &
+pids+=($!)
+"$T" proxy --config "$here/reviews-proxy.yaml" >"$logs/reviews-proxy.access.log" 2>"$logs/reviews-proxy.log" &
+pids+=($!)
+"$T" proxy --config "$here/frontend-proxy.yaml" >"$logs/frontend-proxy.access.log" 2>"$logs/frontend-proxy.log" &
+pids+=($!)
+"$T" demo-app --name frontend --http 127.0.0.1:8080 --backend http://reviews.shop/ --proxy 127.0.0.1:15001 \
+  2>"$logs/frontend.log" &
+pids+=($!)
+
+for url in http://127.0.0.1:15000/ready http://127.0.0.1:15100/ready; do
+  for _ in $(seq 100); do curl -fs "$url" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+for _ in $(seq 100); do curl -fs http://127.0.0.1:8080/ >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat <<MSG
+
+Trellis is running: frontend ─► proxy A ═(HTTP/2 mesh)═► proxy B ─► reviews
+
+  curl -s http://127.0.0.1:8080/                      # frontend, which calls reviews through the mesh
+  curl -s -x 127.0.0.1:15001 http://reviews.shop/     # call reviews yourself through proxy A
+  curl -s --http2-prior-knowledge --connect-to reviews.shop:80:127.0.0.1:15001 http://reviews.shop/
+  curl -s http://127.0.0.1:15000/metrics              # proxy A's metrics (proxy B: :15100)
+  curl -s http://127.0.0.1:15000/config_dump          # the config proxy A applied
+  tail -f $logs/frontend-proxy.access.log             # one JSON line per request
+
+One request, as the frontend sees it:
+MSG
+curl -s http://127.0.0.1:8080/ | python3 -m json.tool || true
+echo; echo "Ctrl-C stops everything."
+wait
