@@ -72,7 +72,10 @@ impl Inbound {
         obs.set_upstream(app);
         let t = snapshot.timeouts;
         match self.upstreams.connector.connect(app, t.connect).await {
-            Ok(upstream) => obs.close(relay(stream, upstream, t.idle).await),
+            Ok(upstream) => {
+                obs.connected();
+                obs.close(relay(stream, upstream, t.idle).await);
+            }
             Err(error) => obs.fail(&error),
         }
     }
@@ -100,6 +103,9 @@ impl Inbound {
         };
         obs.set_upstream(target);
         let http1 = req.headers().get(TRELLIS_PROTO).is_some_and(|v| v == "http1");
+        if http1 {
+            obs.set_client_http1();
+        }
         headers::strip_internal(req.headers_mut());
         headers::strip_hop_by_hop(req.headers_mut());
         if let Some(id) = req.headers().get(headers::X_REQUEST_ID) {

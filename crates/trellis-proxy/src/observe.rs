@@ -104,6 +104,13 @@ impl RequestObserver {
         }
     }
 
+    /// The protocol the client spoke, as the caller's proxy reports it (inbound side).
+    pub(crate) fn set_client_http1(&mut self) {
+        if self.protocol == Protocol::Http2 {
+            self.protocol = Protocol::Http11;
+        }
+    }
+
     pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
         self.request_id = Some(id);
     }
@@ -249,8 +256,10 @@ impl RequestObserver {
             response_flags: ResponseFlags::None,
             connection_security_policy: self.labels.connection_security_policy,
         };
+        // CONNECT and upgrades reach this point once the upstream side is open.
         self.metrics.tcp_opened(&labels);
         TcpObserver {
+            opened: true,
             metrics: self.metrics,
             start: self.start,
             labels,
@@ -265,6 +274,8 @@ impl RequestObserver {
 /// Observes one TCP connection or tunnel.
 #[derive(Debug)]
 pub(crate) struct TcpObserver {
+    /// `tcp_opened` was recorded (with the labels `tcp_closed` will use).
+    opened: bool,
     metrics: Metrics,
     start: Instant,
     labels: TcpLabels,
@@ -298,8 +309,8 @@ impl TcpObserver {
                 Reporter::Destination => SecurityPolicy::Plaintext,
             },
         };
-        metrics.tcp_opened(&labels);
         Self {
+            opened: false,
             metrics: metrics.clone(),
             start: Instant::now(),
             labels,
@@ -325,6 +336,15 @@ impl TcpObserver {
         self.upstream = Some(addr);
     }
 
+    /// The upstream side is open: count the connection as opened. Opened and closed are
+    /// recorded with the same labels, so that opened minus closed per series is what is open.
+    pub(crate) fn connected(&mut self) {
+        if !self.opened {
+            self.opened = true;
+            self.metrics.tcp_opened(&self.labels);
+        }
+    }
+
     /// The connection could not be set up.
     pub(crate) fn fail(mut self, error: &ProxyError) {
         tracing::warn!(%error, "connection failed");
@@ -334,14 +354,18 @@ impl TcpObserver {
 
     /// The relay is over.
     pub(crate) fn close(mut self, relayed: Relayed) {
-        if relayed.idle_timeout && self.labels.response_flags == ResponseFlags::None {
-            self.labels.response_flags = ResponseFlags::StreamIdleTimeout;
-        }
+        self.connected();
         self.metrics.tcp_bytes(&self.labels, relayed.sent, relayed.received);
         self.metrics.tcp_closed(&self.labels);
+        // An idle timeout is the proxy's doing: say so in the log line (the metric series keeps
+        // the flags it was opened with).
+        let flags = match self.labels.response_flags {
+            ResponseFlags::None if relayed.idle_timeout => ResponseFlags::StreamIdleTimeout,
+            flags => flags,
+        };
         access_log::log_tcp(&TcpLog {
             reporter: self.labels.reporter,
-            response_flags: self.labels.response_flags,
+            response_flags: flags,
             bytes_received: relayed.received,
             bytes_sent: relayed.sent,
             duration: self.start.elapsed(),

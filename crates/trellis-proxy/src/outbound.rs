@@ -393,7 +393,10 @@ impl Outbound {
         let up = &self.upstreams;
         let service = dest.map(|d| d.service_header.clone());
         match tunnel::open(&up.connector, &up.h2, target, mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await {
-            Ok(tunnel) => obs.close(relay(io, tunnel, t.idle).await),
+            Ok(tunnel) => {
+                obs.connected();
+                obs.close(relay(io, tunnel, t.idle).await);
+            }
             Err(error) => obs.fail(&error),
         }
     }
