@@ -1,0 +1,645 @@
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::decode::{
+    APP_FIELDS, APP_PORT_FIELDS, DEFAULT_NAMESPACE, ENDPOINT_FIELDS, LISTENER_FIELDS, NODE_FIELDS,
+    OUTBOUND_POLICIES, PROTOCOLS, ROOT_FIELDS, SERVICE_FIELDS, SERVICE_PORT_FIELDS, TIMEOUT_FIELDS,
+};
+use super::*;
+use crate::{OutboundPolicy, Protocol};
+
+const EXAMPLE: &str = "\
+node:
+  name: frontend-0
+  namespace: shop
+  workload: frontend
+listeners:
+  admin: 127.0.0.1:0
+  outbound: 127.0.0.1:0
+  mesh: 127.0.0.1:0
+app:
+  address: 127.0.0.1
+  ports:
+    - port: 8080
+      protocol: http
+services:
+  - name: reviews
+    namespace: shop
+    addresses: [10.96.0.10]
+    ports:
+      - name: http
+        port: 9080
+        protocol: http
+        target_port: 8080
+      - name: db
+        port: 3306
+        protocol: tcp
+    endpoints:
+      - address: 127.0.0.1
+        ports: { http: 18080 }
+        mesh: 127.0.0.1:15008
+        workload: reviews-v1
+timeouts:
+  detect: 100ms
+  request: 5s
+outbound_policy: allow_any
+";
+
+fn load_ok(text: &str) -> ProxyConfig {
+    match ProxyConfig::from_yaml("test.yaml", text) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+/// The errors as (line, field, reason).
+fn load_err(text: &str) -> Vec<(usize, String, String)> {
+    let errors = ProxyConfig::from_yaml("test.yaml", text).expect_err("expected errors");
+    errors
+        .0
+        .into_iter()
+        .map(|e| (e.line.unwrap_or(0), e.field, e.reason))
+        .collect()
+}
+
+#[track_caller]
+fn assert_error(errors: &[(usize, String, String)], line: usize, field: &str, reason: &str) {
+    assert!(
+        errors
+            .iter()
+            .any(|(l, f, r)| *l == line && f == field && r.contains(reason)),
+        "no error at line {line} on {field} containing {reason:?} in:\n{errors:#?}"
+    );
+}
+
+#[test]
+fn example_loads_and_round_trips_through_json() {
+    let config = load_ok(EXAMPLE);
+    assert_eq!(config.node.name, "frontend-0");
+    assert_eq!(config.workload(), "frontend");
+    assert_eq!(config.listeners.mesh, Some("127.0.0.1:0".parse().unwrap()));
+    assert_eq!(config.app.ports[0].protocol, Protocol::Http);
+    let reviews = &config.services[0];
+    assert_eq!(
+        reviews.addresses,
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(reviews.ports[0].target_port, Some(8080));
+    assert_eq!(reviews.ports[1].protocol, Protocol::Tcp);
+    assert_eq!(
+        reviews.endpoints[0].target(&reviews.ports[0]),
+        "127.0.0.1:18080".parse().unwrap()
+    );
+    assert_eq!(
+        reviews.endpoints[0].target(&reviews.ports[1]),
+        "127.0.0.1:3306".parse().unwrap()
+    );
+    assert_eq!(config.timeouts.detect, Duration::from_millis(100));
+    assert_eq!(config.timeouts.request, Duration::from_secs(5));
+    assert_eq!(
+        config.timeouts.header,
+        Duration::from_secs(10),
+        "unset timeouts keep defaults"
+    );
+
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(json["timeouts"]["detect"], "100ms");
+    assert_eq!(json["timeouts"]["idle"], "1h");
+    assert_eq!(json["services"][0]["endpoints"][0]["ports"]["http"], 18080);
+    assert_eq!(json["services"][0]["namespace"], "shop");
+    assert_eq!(json["outbound_policy"], "allow_any");
+    let back: ProxyConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, config);
+}
+
+#[test]
+fn defaults_match_serde() {
+    let config = load_ok(
+        "node:\n  name: a\nservices:\n  - name: s\n    ports: [{name: p, port: 1, protocol: tcp}]\n",
+    );
+    assert_eq!(config.node.namespace, "default");
+    assert_eq!(config.services[0].namespace, "default");
+    assert_eq!(
+        config.listeners.admin,
+        SocketAddr::from(([127, 0, 0, 1], 15000))
+    );
+    assert_eq!(config.listeners.outbound, None);
+    assert_eq!(config.app.address, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(config.timeouts, Timeouts::default());
+    assert_eq!(config.timeouts.detect, Duration::from_millis(200));
+    assert_eq!(config.outbound_policy, OutboundPolicy::AllowAny);
+
+    // The same document through serde's defaults.
+    let serde: ProxyConfig = serde_json::from_value(json!({
+        "node": { "name": "a" },
+        "services": [{ "name": "s", "ports": [{ "name": "p", "port": 1, "protocol": "tcp" }] }],
+    }))
+    .unwrap();
+    assert_eq!(config, serde);
+    assert_eq!(DEFAULT_NAMESPACE, serde.node.namespace);
+
+    // Explicit nulls mean "the default" too.
+    let config = load_ok("node:\n  name: a\n  namespace:\nlisteners:\ntimeouts: ~\n");
+    assert_eq!(config.node.namespace, "default");
+    assert_eq!(config.listeners, Listeners::default());
+}
+
+/// The decoder's field lists are the serde field names, in declaration order.
+#[test]
+fn field_lists_match_serde() {
+    let config = load_ok(EXAMPLE);
+    let mut json = serde_json::to_value(&config).unwrap();
+    // Give every optional field a value so that it serializes.
+    json["listeners"]["outbound_transparent"] = json!("127.0.0.1:0");
+    json["listeners"]["inbound"] = json!("127.0.0.1:0");
+    json["services"][0]["hostnames"] = json!(["reviews.example.com"]);
+    json["services"][0]["timeouts"] = serde_json::to_value(Timeouts::default()).unwrap();
+    json["services"][0]["endpoints"][0]["namespace"] = json!("shop");
+    let full: ProxyConfig = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&full).unwrap(),
+        json,
+        "every field serializes"
+    );
+
+    let keys = |v: &Json| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let service = &json["services"][0];
+    let cases: [(&Json, &[&str]); 9] = [
+        (&json, ROOT_FIELDS),
+        (&json["node"], NODE_FIELDS),
+        (&json["listeners"], LISTENER_FIELDS),
+        (&json["app"], APP_FIELDS),
+        (&json["app"]["ports"][0], APP_PORT_FIELDS),
+        (service, SERVICE_FIELDS),
+        (&service["ports"][0], SERVICE_PORT_FIELDS),
+        (&service["endpoints"][0], ENDPOINT_FIELDS),
+        (&json["timeouts"], TIMEOUT_FIELDS),
+    ];
+    for (value, fields) in cases {
+        let mut want: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        let mut got = keys(value);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    // Every enum variant is listed, under its serde name.
+    fn _exhaustive(p: Protocol, o: OutboundPolicy) {
+        // A new variant fails to compile here: add it to PROTOCOLS / OUTBOUND_POLICIES.
+        match p {
+            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::Tcp | Protocol::Tls => {}
+        }
+        match o {
+            OutboundPolicy::AllowAny | OutboundPolicy::RegistryOnly => {}
+        }
+    }
+    assert_eq!(PROTOCOLS.len(), 5);
+    assert_eq!(OUTBOUND_POLICIES.len(), 2);
+    for (name, p) in PROTOCOLS {
+        assert_eq!(serde_json::to_value(p).unwrap(), json!(name));
+    }
+    for (name, o) in OUTBOUND_POLICIES {
+        assert_eq!(serde_json::to_value(o).unwrap(), json!(name));
+    }
+}
+
+#[test]
+fn reports_every_mistake_with_line_and_field() {
+    let text = "\
+node:
+  name: frontend-0
+listeners:
+  admin: 127.0.0.1:15000
+  outbound: 127.0.0.1:15000
+app:
+  ports:
+    - port: 8080
+      protocol: htp
+services:
+  - name: reviews
+    ports:
+      - name: http
+        port: 70000
+        protocol: http
+    endpoints:
+      - adress: 10.0.0.1
+      - address: not-an-ip
+        ports: { grpc: 9090 }
+  - namespace: shop
+    ports: []
+  - name: reviews
+    ports:
+      - { name: http, port: 80, protocol: http }
+timeouts:
+  detect: 30s
+  header: 0s
+  idle: 10 sec
+";
+    let errors = load_err(text);
+    assert_error(
+        &errors,
+        5,
+        "listeners.outbound",
+        "127.0.0.1:15000 is also where the admin listener binds (on line 4)",
+    );
+    assert_error(
+        &errors,
+        9,
+        "app.ports[0].protocol",
+        "\"htp\" is not a protocol (expected one of: http, http2, grpc, tcp, tls)",
+    );
+    assert_error(
+        &errors,
+        14,
+        "services[0].ports[0].port",
+        "70000 is not a port number (1-65535)",
+    );
+    assert_error(
+        &errors,
+        17,
+        "services[0].endpoints[0].adress",
+        "unknown field \"adress\" (expected one of: address, ports, mesh, workload, namespace)",
+    );
+    assert_error(
+        &errors,
+        17,
+        "services[0].endpoints[0].address",
+        "missing required field \"address\"",
+    );
+    assert_error(
+        &errors,
+        18,
+        "services[0].endpoints[1].address",
+        "\"not-an-ip\" is not an IP address",
+    );
+    assert_error(
+        &errors,
+        19,
+        "services[0].endpoints[1].ports.grpc",
+        "\"grpc\" is not a port of service \"reviews\" (its ports: http)",
+    );
+    assert_error(
+        &errors,
+        20,
+        "services[1].name",
+        "missing required field \"name\"",
+    );
+    assert_error(
+        &errors,
+        21,
+        "services[1].ports",
+        "a service needs at least one port",
+    );
+    assert_error(
+        &errors,
+        22,
+        "services[2].name",
+        "service \"reviews\" in namespace \"default\" is listed twice (first on line 11)",
+    );
+    assert_error(&errors, 26, "timeouts.detect", "30s is out of range");
+    assert_error(&errors, 27, "timeouts.header", "must be more than 0s");
+    assert_error(
+        &errors,
+        28,
+        "timeouts.idle",
+        "\"10 sec\" is not a duration (write 10s, 250ms, 1m)",
+    );
+    assert_eq!(errors.len(), 13, "{errors:#?}");
+
+    // In file order, and displayed as FILE:LINE:COLUMN: FIELD: REASON.
+    let lines: Vec<usize> = errors.iter().map(|e| e.0).collect();
+    assert!(lines.is_sorted(), "{lines:?}");
+    let shown = ProxyConfig::from_yaml("proxy.yaml", text)
+        .unwrap_err()
+        .to_string();
+    let first = shown.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "proxy.yaml:5:13: listeners.outbound: 127.0.0.1:15000 is also where the admin listener binds (on line 4)"
+    );
+    assert_eq!(shown.lines().count(), 13);
+}
+
+#[test]
+fn type_errors() {
+    let errors = load_err(
+        "\
+node: frontend
+app:
+  address: [127.0.0.1]
+  ports:
+    - port: \"8080\"
+      protocol: http
+    - port: -1
+      protocol: tcp
+    - 8080
+listeners:
+  mesh: 127.0.0.1
+outbound_policy: deny
+services: {}
+",
+    );
+    assert_error(
+        &errors,
+        1,
+        "node",
+        "expected a mapping, found \"frontend\" (this field has fields name, namespace, workload)",
+    );
+    assert_error(
+        &errors,
+        3,
+        "app.address",
+        "expected an IP address, found a list",
+    );
+    assert_error(
+        &errors,
+        5,
+        "app.ports[0].port",
+        "found the string \"8080\" (remove the quotes)",
+    );
+    assert_error(
+        &errors,
+        7,
+        "app.ports[1].port",
+        "expected a port number (1-65535), found \"-1\"",
+    );
+    assert_error(
+        &errors,
+        9,
+        "app.ports[2]",
+        "expected a mapping, found \"8080\"",
+    );
+    assert_error(
+        &errors,
+        11,
+        "listeners.mesh",
+        "\"127.0.0.1\" is not a socket address (write 127.0.0.1:15000 or [::1]:15000)",
+    );
+    assert_error(
+        &errors,
+        12,
+        "outbound_policy",
+        "(expected one of: allow_any, registry_only)",
+    );
+    assert_error(&errors, 13, "services", "expected a list, found a mapping");
+    assert_eq!(errors.len(), 8, "{errors:#?}");
+}
+
+#[test]
+fn a_placeholder_is_not_reported_again() {
+    // The bad ports are not also "port 0" or "listed twice"; the unnamed service is not a
+    // duplicate of the other unnamed one.
+    let errors = load_err(
+        "\
+node: { name: a }
+services:
+  - ports:
+      - { name: a, port: x, protocol: tcp }
+      - { name: b, port: y, protocol: tcp }
+  - ports: [{ name: a, port: 1, protocol: tcp }]
+",
+    );
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert_error(&errors, 3, "services[0].name", "missing required field");
+    assert_error(&errors, 4, "services[0].ports[0].port", "found \"x\"");
+    assert_error(&errors, 5, "services[0].ports[1].port", "found \"y\"");
+    assert_error(&errors, 6, "services[1].name", "missing required field");
+}
+
+#[test]
+fn semantic_checks() {
+    let errors = load_err(
+        "\
+node: { name: ' ', namespace: Shop }
+listeners:
+  outbound: 127.0.0.1:15001
+  mesh: 0.0.0.0:15001
+app:
+  ports:
+    - { port: 8080, protocol: http }
+    - { port: 8080, protocol: tcp }
+services:
+  - name: reviews
+    hostnames: [reviews.example.com, ratings, Bad_Host]
+    addresses: [10.0.0.1, 10.0.0.1]
+    ports:
+      - { name: http, port: 80, protocol: http, target_port: 0 }
+      - { name: http, port: 80, protocol: http }
+    endpoints:
+      - { address: 10.1.0.1 }
+      - { address: 10.1.0.1 }
+    timeouts: { detect: 0s }
+  - name: ratings
+    hostnames: [reviews.example.com]
+    addresses: [10.0.0.1]
+    ports: [{ name: web, port: 80, protocol: http }]
+",
+    );
+    assert_error(&errors, 1, "node.name", "must not be empty");
+    assert_error(&errors, 1, "node.namespace", "\"Shop\" is not a DNS label");
+    assert_error(
+        &errors,
+        4,
+        "listeners.mesh",
+        "0.0.0.0:15001 is also where the outbound listener binds (on line 3)",
+    );
+    assert_error(
+        &errors,
+        8,
+        "app.ports[1].port",
+        "port 8080 is listed twice (first on line 7)",
+    );
+    assert_error(
+        &errors,
+        11,
+        "services[0].hostnames[1]",
+        "host name \"ratings\" already names service \"default/ratings\" (on line 20)",
+    );
+    assert_error(
+        &errors,
+        11,
+        "services[0].hostnames[2]",
+        "\"Bad_Host\" is not a DNS name",
+    );
+    assert_error(
+        &errors,
+        12,
+        "services[0].addresses[1]",
+        "address 10.0.0.1 is listed twice (first on line 12)",
+    );
+    assert_error(
+        &errors,
+        14,
+        "services[0].ports[0].target_port",
+        "0 is not a port number (1-65535)",
+    );
+    assert_error(
+        &errors,
+        15,
+        "services[0].ports[1].name",
+        "port name \"http\" is listed twice (first on line 14)",
+    );
+    assert_error(
+        &errors,
+        15,
+        "services[0].ports[1].port",
+        "port 80 is listed twice (first on line 14)",
+    );
+    assert_error(
+        &errors,
+        18,
+        "services[0].endpoints[1].address",
+        "endpoint address 10.1.0.1 is listed twice (first on line 17)",
+    );
+    assert_error(
+        &errors,
+        19,
+        "services[0].timeouts.detect",
+        "0s is out of range",
+    );
+    assert_error(
+        &errors,
+        21,
+        "services[1].hostnames[0]",
+        "host name \"reviews.example.com\" is also claimed by service \"default/reviews\" (on line 11)",
+    );
+    assert_error(
+        &errors,
+        22,
+        "services[1].addresses[0]",
+        "10.0.0.1:80 is also claimed by service \"default/reviews\" (on line 12)",
+    );
+    assert_eq!(errors.len(), 14, "{errors:#?}");
+}
+
+#[test]
+fn listeners_may_share_port_zero_and_collide_with_the_default_admin() {
+    load_ok(
+        "node: { name: a }\nlisteners: { admin: 127.0.0.1:0, outbound: 127.0.0.1:0, mesh: 127.0.0.1:0 }\n",
+    );
+    let errors = load_err("node: { name: a }\nlisteners: { outbound: 127.0.0.1:15000 }\n");
+    assert_error(
+        &errors,
+        2,
+        "listeners.outbound",
+        "is also where the admin listener binds (by default)",
+    );
+}
+
+#[test]
+fn syntax_errors_report_their_line() {
+    let text = "node:\n  name: a\n services:\n  - name: b\n";
+    let errors = ProxyConfig::from_yaml("bad.yaml", text).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    let error = &errors.0[0];
+    assert_eq!(error.line, Some(3), "{error}");
+    assert!(error.reason.starts_with("invalid YAML: "), "{error}");
+    assert!(error.to_string().starts_with("bad.yaml:3:"), "{error}");
+
+    let errors = load_err("node: { name: a\nservices: []\n");
+    assert!(errors[0].0 >= 1, "{errors:?}");
+    assert!(errors[0].2.starts_with("invalid YAML"), "{errors:?}");
+}
+
+#[test]
+fn yaml_oddities() {
+    // Duplicate keys, a second document, application tags, an empty file.
+    let errors = load_err("node:\n  name: a\n  name: b\n");
+    assert_error(
+        &errors,
+        3,
+        "node.name",
+        "\"name\" is set twice (first on line 2)",
+    );
+    let errors = load_err("node: { name: a }\n---\nnode: { name: b }\n");
+    assert_error(&errors, 2, "", "a second YAML document");
+    let errors = load_err("node: !secret { name: a }\n");
+    assert_error(&errors, 1, "", "unsupported tag !secret");
+    let errors = load_err("# nothing here\n");
+    assert_error(&errors, 1, "", "the file is empty");
+    assert_eq!(errors.len(), 1);
+    let errors = load_err("- node\n");
+    assert_error(
+        &errors,
+        1,
+        "",
+        "expected a mapping, found a list (the file has fields node, listeners",
+    );
+
+    // Strings stay as written; `!!str` and quotes make strings of numbers.
+    let config = load_ok("node: { name: 0123, workload: !!str 1.50, namespace: 'yes' }\n");
+    assert_eq!(config.node.name, "0123");
+    assert_eq!(config.node.workload.as_deref(), Some("1.50"));
+    assert_eq!(config.node.namespace, "yes");
+}
+
+#[test]
+fn anchors_aliases_and_merge_keys() {
+    let config = load_ok(
+        "\
+node: { name: a }
+services:
+  - name: one
+    ports: &ports
+      - { name: http, port: 80, protocol: http }
+    endpoints:
+      - &ep { address: 10.0.0.1, ports: { http: 8080 }, workload: w }
+      - { <<: *ep, address: 10.0.0.2 }
+  - name: two
+    ports: *ports
+",
+    );
+    assert_eq!(config.services[1].ports, config.services[0].ports);
+    let endpoints = &config.services[0].endpoints;
+    assert_eq!(endpoints[1].address, "10.0.0.2".parse::<IpAddr>().unwrap());
+    assert_eq!(endpoints[1].workload.as_deref(), Some("w"));
+    assert_eq!(endpoints[1].ports, endpoints[0].ports);
+}
+
+#[test]
+fn untrusted_input_is_bounded() {
+    let big = format!("node: {{ name: a }}\n#{}\n", "x".repeat(MAX_CONFIG_BYTES));
+    let errors = load_err(&big);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].2.contains("at most 4194304 bytes (4 MiB)"),
+        "{errors:?}"
+    );
+
+    // Billion laughs: each level doubles; the node budget stops it early.
+    let mut bomb = String::from("a0: &a0 [x, x]\n");
+    for i in 1..40 {
+        bomb.push_str(&format!("a{i}: &a{i} [*a{}, *a{}]\n", i - 1, i - 1));
+    }
+    let errors = load_err(&bomb);
+    assert!(errors[0].2.contains("YAML nodes"), "{errors:?}");
+
+    let deep = format!("node: {}{}\n", "[".repeat(100), "]".repeat(100));
+    let errors = load_err(&deep);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].2.starts_with("invalid YAML"), "{errors:?}");
+}
+
+#[test]
+fn display() {
+    let error = |line, column, field: &str| ConfigError {
+        file: "p.yaml".to_string(),
+        line,
+        column,
+        field: field.to_string(),
+        reason: "bad".to_string(),
+    };
+    assert_eq!(
+        error(Some(3), Some(7), "node.name").to_string(),
+        "p.yaml:3:7: node.name: bad"
+    );
+    assert_eq!(error(Some(3), None, "").to_string(), "p.yaml:3: bad");
+    assert_eq!(error(None, None, "").to_string(), "p.yaml: bad");
+    let errors = ConfigErrors(vec![
+        error(Some(1), Some(1), "a"),
+        error(Some(2), Some(1), "b"),
+    ]);
+    assert_eq!(errors.to_string(), "p.yaml:1:1: a: bad\np.yaml:2:1: b: bad");
+}
