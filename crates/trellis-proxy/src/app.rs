@@ -7,7 +7,9 @@ use http::StatusCode;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use trellis_model::ProxyConfig;
-use trellis_runtime::{Admin, DrainOutcome, DrainTrigger, LogHandle, Readiness, ShutdownKind, admin};
+use trellis_runtime::{
+    Admin, DrainOutcome, DrainTrigger, LogHandle, Readiness, ShutdownKind, admin,
+};
 
 use crate::forward::Upstreams;
 use crate::inbound::Inbound;
@@ -37,8 +39,14 @@ pub struct BoundAddrs {
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)")]
-    Bind { listener: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)"
+    )]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Bind every listener, start every task, and report ready.
@@ -53,7 +61,8 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
     // Bind everything first, so that a port conflict fails the start before anything runs.
     let admin_listener = bind("admin", listeners.admin).await?;
     let outbound_listener = bind_opt("outbound", listeners.outbound).await?;
-    let transparent_listener = bind_opt("outbound_transparent", listeners.outbound_transparent).await?;
+    let transparent_listener =
+        bind_opt("outbound_transparent", listeners.outbound_transparent).await?;
     let inbound_listener = bind_opt("inbound", listeners.inbound).await?;
     let mesh_listener = bind_opt("mesh", listeners.mesh).await?;
     let addrs = BoundAddrs {
@@ -66,7 +75,11 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
 
     // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
     let upstreams = Arc::new(Upstreams::new(connect_timeout));
-    let outbound = Arc::new(Outbound::new(state.clone(), upstreams.clone(), metrics.clone()));
+    let outbound = Arc::new(Outbound::new(
+        state.clone(),
+        upstreams.clone(),
+        metrics.clone(),
+    ));
     let inbound = Arc::new(Inbound::new(state.clone(), upstreams, metrics.clone()));
 
     // Admin: health, metrics, the config in force, log level.
@@ -87,28 +100,40 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
     // Outbound: the explicit proxy and the transparent capture listener.
     if let Some(listener) = outbound_listener {
         let outbound = outbound.clone();
-        tokio::spawn(accept_loop(listener, "outbound", drain.clone(), move |s, c, d| {
-            outbound.clone().serve(s, c, d, false)
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            "outbound",
+            drain.clone(),
+            move |s, c, d| outbound.clone().serve(s, c, d, false),
+        ));
     }
     if let Some(listener) = transparent_listener {
         let outbound = outbound.clone();
-        tokio::spawn(accept_loop(listener, "outbound_transparent", drain.clone(), move |s, c, d| {
-            outbound.clone().serve(s, c, d, true)
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            "outbound_transparent",
+            drain.clone(),
+            move |s, c, d| outbound.clone().serve(s, c, d, true),
+        ));
     }
 
     // Inbound: the mesh transport from peer proxies, and captured plain clients.
     if let Some(listener) = mesh_listener {
         let inbound = inbound.clone();
-        tokio::spawn(accept_loop(listener, "mesh", drain.clone(), move |s, c, d| {
-            inbound.clone().serve_mesh(s, c, d)
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            "mesh",
+            drain.clone(),
+            move |s, c, d| inbound.clone().serve_mesh(s, c, d),
+        ));
     }
     if let Some(listener) = inbound_listener {
-        tokio::spawn(accept_loop(listener, "inbound", drain.clone(), move |s, c, d| {
-            inbound.clone().serve_captured(s, c, d)
-        }));
+        tokio::spawn(accept_loop(
+            listener,
+            "inbound",
+            drain.clone(),
+            move |s, c, d| inbound.clone().serve_captured(s, c, d),
+        ));
     }
 
     // Listeners bound and config applied: ready. (Identity will gate this too.)
@@ -121,7 +146,11 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         mesh = ?addrs.mesh,
         "proxy ready"
     );
-    Ok(Bound { addrs, readiness, trigger })
+    Ok(Bound {
+        addrs,
+        readiness,
+        trigger,
+    })
 }
 
 impl Bound {
@@ -139,21 +168,41 @@ impl Bound {
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, BuildError> {
-    TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { listener, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| BuildError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
-async fn bind_opt(listener: &'static str, addr: Option<SocketAddr>) -> Result<Option<TcpListener>, BuildError> {
+async fn bind_opt(
+    listener: &'static str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<TcpListener>, BuildError> {
     match addr {
         Some(addr) => bind(listener, addr).await.map(Some),
         None => Ok(None),
     }
 }
 
-fn local_addr(l: &TcpListener, listener: &'static str, addr: SocketAddr) -> Result<SocketAddr, BuildError> {
-    l.local_addr().map_err(|source| BuildError::Bind { listener, addr, source })
+fn local_addr(
+    l: &TcpListener,
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, BuildError> {
+    l.local_addr().map_err(|source| BuildError::Bind {
+        listener,
+        addr,
+        source,
+    })
 }
 
-fn opt_addr(l: &Option<TcpListener>, listener: &'static str) -> Result<Option<SocketAddr>, BuildError> {
+fn opt_addr(
+    l: &Option<TcpListener>,
+    listener: &'static str,
+) -> Result<Option<SocketAddr>, BuildError> {
     match l {
         Some(l) => {
             let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));

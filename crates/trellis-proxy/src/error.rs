@@ -12,26 +12,44 @@ use crate::metrics::ResponseFlags;
 /// sees and what telemetry records.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no route to {authority}: not a known service and the outbound policy is registry_only")]
+    #[error(
+        "no route to {authority}: not a known service and the outbound policy is registry_only"
+    )]
     NoRoute { authority: String },
     #[error("request has no destination: neither an absolute URI, :authority nor Host")]
     NoAuthority,
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },
     #[error("could not resolve {host}: {source}")]
-    Resolve { host: String, source: std::io::Error },
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("connection to {addr} failed: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("connection to {addr} timed out after {timeout:?} (is the peer's proxy running?)")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("upstream {addr} failed: {source}")]
-    Upstream { addr: SocketAddr, source: crate::pool::BoxError },
+    Upstream {
+        addr: SocketAddr,
+        source: crate::pool::BoxError,
+    },
     #[error("upstream {addr} did not answer within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("peer proxy {addr} refused the tunnel to {target}: {status}")]
-    TunnelRefused { addr: SocketAddr, target: SocketAddr, status: StatusCode },
+    TunnelRefused {
+        addr: SocketAddr,
+        target: SocketAddr,
+        status: StatusCode,
+    },
     #[error("inbound target {target} is not a port of the local app")]
     NotAnAppPort { target: SocketAddr },
     #[error("bad request: {reason}")]

@@ -25,7 +25,11 @@ pub(crate) struct Upstreams {
 impl Upstreams {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
         let connector = Connector;
-        Self { connector, h2: H2Pool::new(connector), h1: h1_client(connect_timeout) }
+        Self {
+            connector,
+            h2: H2Pool::new(connector),
+            h1: h1_client(connect_timeout),
+        }
     }
 
     /// Send `req` as HTTP/2 on the pooled connection to `addr`. The request's URI must be
@@ -43,7 +47,10 @@ impl Upstreams {
         req.headers_mut().remove(header::HOST);
         with_timeout(addr, request_timeout, send.send_request(req))
             .await?
-            .map_err(|source| ProxyError::Upstream { addr, source: source.into() })
+            .map_err(|source| ProxyError::Upstream {
+                addr,
+                source: source.into(),
+            })
     }
 
     /// Send `req` as HTTP/1.1 to `addr`, keeping its `Host` header (set from the URI's
@@ -55,20 +62,34 @@ impl Upstreams {
         request_timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
         if !req.headers().contains_key(header::HOST) {
-            if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
                 req.headers_mut().insert(header::HOST, host);
             }
         }
         *req.version_mut() = Version::HTTP_11;
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = absolute(&addr.to_string(), path)?;
         match with_timeout(addr, request_timeout, self.h1.request(req)).await? {
             Ok(resp) => Ok(resp),
             Err(e) if e.is_connect() => Err(ProxyError::Connect {
                 addr,
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, connect_reason(&e)),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    connect_reason(&e),
+                ),
             }),
-            Err(e) => Err(ProxyError::Upstream { addr, source: e.into() }),
+            Err(e) => Err(ProxyError::Upstream {
+                addr,
+                source: e.into(),
+            }),
         }
     }
 }
@@ -90,17 +111,22 @@ async fn with_timeout<F: std::future::Future>(
     if timeout.is_zero() {
         return Ok(fut.await);
     }
-    tokio::time::timeout(timeout, fut).await.map_err(|_| ProxyError::Timeout { addr, timeout })
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| ProxyError::Timeout { addr, timeout })
 }
 
 /// `http://authority/path`.
 pub(crate) fn absolute(authority: &str, path: PathAndQuery) -> Result<Uri, ProxyError> {
-    let authority: Authority =
-        authority.parse().map_err(|_| ProxyError::BadRequest { reason: "invalid authority" })?;
+    let authority: Authority = authority.parse().map_err(|_| ProxyError::BadRequest {
+        reason: "invalid authority",
+    })?;
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority)
         .path_and_query(path)
         .build()
-        .map_err(|_| ProxyError::BadRequest { reason: "invalid request target" })
+        .map_err(|_| ProxyError::BadRequest {
+            reason: "invalid request target",
+        })
 }

@@ -59,7 +59,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(te) = headers.get(header::TE) {
         let only_trailers = te
             .to_str()
-            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
             .unwrap_or(false);
         if only_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -156,7 +159,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -211,7 +217,10 @@ mod tests {
 
     #[test]
     fn upgrade_detection_needs_both_headers() {
-        assert!(is_upgrade(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])));
+        assert!(is_upgrade(&map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
     }
 }

@@ -36,11 +36,20 @@ pub(crate) struct Inbound {
 
 impl Inbound {
     pub(crate) fn new(state: Arc<State>, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
-        Self { state, upstreams, metrics }
+        Self {
+            state,
+            upstreams,
+            metrics,
+        }
     }
 
     /// Serve one connection from a peer proxy on the mesh transport.
-    pub(crate) async fn serve_mesh(self: Arc<Self>, stream: TcpStream, client: SocketAddr, drain: DrainWatcher) {
+    pub(crate) async fn serve_mesh(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        drain: DrainWatcher,
+    ) {
         let local = stream.local_addr().unwrap_or(client);
         let addrs = ConnAddrs { client, local };
         let this = self.clone();
@@ -53,10 +62,20 @@ impl Inbound {
 
     /// Serve one connection captured on its way to the app (clients outside the mesh): relay it
     /// to the app port it was addressed to.
-    pub(crate) async fn serve_captured(self: Arc<Self>, stream: TcpStream, client: SocketAddr, _drain: DrainWatcher) {
+    pub(crate) async fn serve_captured(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        _drain: DrainWatcher,
+    ) {
         let snapshot = self.state.load();
         let local = stream.local_addr().unwrap_or(client);
-        let mut obs = TcpObserver::start(&self.metrics, Reporter::Destination, &snapshot.node, ConnAddrs { client, local });
+        let mut obs = TcpObserver::start(
+            &self.metrics,
+            Reporter::Destination,
+            &snapshot.node,
+            ConnAddrs { client, local },
+        );
         let target = match original_dst(&stream) {
             Ok(dst) if dst != local => dst,
             _ => {
@@ -83,11 +102,25 @@ impl Inbound {
     /// One request (or CONNECT stream) from a peer proxy.
     async fn handle(&self, addrs: ConnAddrs, mut req: Request<Incoming>) -> Response<Body> {
         let snapshot = self.state.load();
-        let mut obs = RequestObserver::start(&self.metrics, Reporter::Destination, &snapshot.node, &req, addrs);
-        if let Some((workload, namespace)) = req.headers().get(TRELLIS_PEER).and_then(headers::parse_peer) {
+        let mut obs = RequestObserver::start(
+            &self.metrics,
+            Reporter::Destination,
+            &snapshot.node,
+            &req,
+            addrs,
+        );
+        if let Some((workload, namespace)) = req
+            .headers()
+            .get(TRELLIS_PEER)
+            .and_then(headers::parse_peer)
+        {
             obs.set_source(workload.into(), namespace.into());
         }
-        if let Some(service) = req.headers().get(TRELLIS_SERVICE).and_then(|v| v.to_str().ok()) {
+        if let Some(service) = req
+            .headers()
+            .get(TRELLIS_SERVICE)
+            .and_then(|v| v.to_str().ok())
+        {
             obs.set_service(service.into());
         }
         let t = snapshot.timeouts;
@@ -102,7 +135,10 @@ impl Inbound {
             Err(error) => return obs.fail(&error, Version::HTTP_2),
         };
         obs.set_upstream(target);
-        let http1 = req.headers().get(TRELLIS_PROTO).is_some_and(|v| v == "http1");
+        let http1 = req
+            .headers()
+            .get(TRELLIS_PROTO)
+            .is_some_and(|v| v == "http1");
         if http1 {
             obs.set_client_http1();
         }
@@ -116,16 +152,34 @@ impl Inbound {
         let result = if http1 {
             self.upstreams.send_h1(target, req, t.request).await
         } else {
-            self.upstreams.send_h2(target, req, t.connect, t.request).await
+            self.upstreams
+                .send_h2(target, req, t.connect, t.request)
+                .await
         };
         obs.respond(result, Version::HTTP_2)
     }
 
     /// A `CONNECT` stream to an app port: connect, answer 200, relay.
-    async fn connect(&self, mut req: Request<Incoming>, obs: RequestObserver, snapshot: &Snapshot) -> Response<Body> {
-        let target = match req.uri().authority().and_then(|a| a.as_str().parse::<SocketAddr>().ok()) {
+    async fn connect(
+        &self,
+        mut req: Request<Incoming>,
+        obs: RequestObserver,
+        snapshot: &Snapshot,
+    ) -> Response<Body> {
+        let target = match req
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        {
             Some(target) => target,
-            None => return obs.fail(&ProxyError::BadRequest { reason: "CONNECT target must be ip:port" }, Version::HTTP_2),
+            None => {
+                return obs.fail(
+                    &ProxyError::BadRequest {
+                        reason: "CONNECT target must be ip:port",
+                    },
+                    Version::HTTP_2,
+                );
+            }
         };
         if snapshot.app_port(target).is_none() {
             return obs.fail(&ProxyError::NotAnAppPort { target }, Version::HTTP_2);
@@ -154,11 +208,16 @@ impl Inbound {
 }
 
 /// The app address named by `trellis-dst`, if it is one of the local app's ports.
-fn app_target(value: Option<&http::HeaderValue>, snapshot: &Snapshot) -> Result<SocketAddr, ProxyError> {
+fn app_target(
+    value: Option<&http::HeaderValue>,
+    snapshot: &Snapshot,
+) -> Result<SocketAddr, ProxyError> {
     let target: SocketAddr = value
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or(ProxyError::BadRequest { reason: "mesh request without a valid trellis-dst" })?;
+        .ok_or(ProxyError::BadRequest {
+            reason: "mesh request without a valid trellis-dst",
+        })?;
     match snapshot.app_port(target) {
         Some(_) => Ok(target),
         None => Err(ProxyError::NotAnAppPort { target }),

@@ -81,7 +81,11 @@ impl RequestObserver {
                 destination_workload: dst,
                 destination_namespace: dst_ns,
                 destination_principal: unknown(),
-                request_protocol: if grpc { RequestProtocol::Grpc } else { RequestProtocol::Http },
+                request_protocol: if grpc {
+                    RequestProtocol::Grpc
+                } else {
+                    RequestProtocol::Http
+                },
                 response_code: 0,
                 grpc_response_status: None,
                 response_flags: ResponseFlags::None,
@@ -94,7 +98,11 @@ impl RequestObserver {
             request_id: req.headers().get(crate::headers::X_REQUEST_ID).cloned(),
             method: req.method().clone(),
             authority: authority_of(req).unwrap_or_default(),
-            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default(),
             protocol: Protocol::new(req.version(), grpc),
             client: addrs.client,
             local: addrs.local,
@@ -143,7 +151,10 @@ impl RequestObserver {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        boxed(Counting { inner: body, count: self.received.clone() })
+        boxed(Counting {
+            inner: body,
+            count: self.received.clone(),
+        })
     }
 
     /// Finish with the upstream's response (its body is observed until its end) or an error
@@ -178,10 +189,13 @@ impl RequestObserver {
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         *resp.version_mut() = version;
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if status == StatusCode::BAD_REQUEST {
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         self.finish(len, None);
         resp
@@ -207,8 +221,18 @@ impl RequestObserver {
         self.labels.response_flags = flags;
         // A trailers-only gRPC response carries its status in the headers.
         let grpc_status = grpc_status(&parts.headers);
-        let pending = Pending { obs: Some(self), sent: 0, grpc_status };
-        Response::from_parts(parts, boxed(Observed { inner: body, pending }))
+        let pending = Pending {
+            obs: Some(self),
+            sent: 0,
+            grpc_status,
+        };
+        Response::from_parts(
+            parts,
+            boxed(Observed {
+                inner: body,
+                pending,
+            }),
+        )
     }
 
     fn finish(mut self, sent: u64, grpc_status: Option<u16>) {
@@ -287,7 +311,12 @@ pub(crate) struct TcpObserver {
 
 impl TcpObserver {
     /// Start observing a TCP connection (transparent capture, inbound capture).
-    pub(crate) fn start(metrics: &Metrics, reporter: Reporter, node: &NodeInfo, addrs: ConnAddrs) -> Self {
+    pub(crate) fn start(
+        metrics: &Metrics,
+        reporter: Reporter,
+        node: &NodeInfo,
+        addrs: ConnAddrs,
+    ) -> Self {
         let me = node.workload.clone();
         let my_ns = node.namespace.clone();
         let (src, src_ns, dst, dst_ns) = match reporter {
@@ -355,7 +384,8 @@ impl TcpObserver {
     /// The relay is over.
     pub(crate) fn close(mut self, relayed: Relayed) {
         self.connected();
-        self.metrics.tcp_bytes(&self.labels, relayed.sent, relayed.received);
+        self.metrics
+            .tcp_bytes(&self.labels, relayed.sent, relayed.received);
         self.metrics.tcp_closed(&self.labels);
         // An idle timeout is the proxy's doing: say so in the log line (the metric series keeps
         // the flags it was opened with).
@@ -444,7 +474,8 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                this.pending.done(Some(ResponseFlags::UpstreamConnectionTermination));
+                this.pending
+                    .done(Some(ResponseFlags::UpstreamConnectionTermination));
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(None) => {
@@ -520,5 +551,9 @@ pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_owned());
     }
-    req.headers().get(header::HOST)?.to_str().ok().map(str::to_owned)
+    req.headers()
+        .get(header::HOST)?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
 }

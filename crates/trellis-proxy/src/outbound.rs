@@ -60,7 +60,11 @@ struct Route {
 
 impl Outbound {
     pub(crate) fn new(state: Arc<State>, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
-        Self { state, upstreams, metrics }
+        Self {
+            state,
+            upstreams,
+            metrics,
+        }
     }
 
     /// Serve one connection accepted by the explicit proxy listener (`transparent == false`) or
@@ -94,7 +98,10 @@ impl Outbound {
 
         // Ports declared `tcp` skip detection: server-first protocols must not wait for it.
         if let Some(dst) = orig_dst {
-            if snapshot.by_addr(dst).is_some_and(|d| d.protocol == Declared::Tcp) {
+            if snapshot
+                .by_addr(dst)
+                .is_some_and(|d| d.protocol == Declared::Tcp)
+            {
                 return self.tcp(stream, addrs, dst, None, &snapshot).await;
             }
         }
@@ -114,11 +121,19 @@ impl Outbound {
                     return;
                 }
                 let io = crate::prefixed::Prefixed::new(prefix, inner);
-                let ctx = ConnCtx { addrs, orig_dst, version: Version::HTTP_11 };
+                let ctx = ConnCtx {
+                    addrs,
+                    orig_dst,
+                    version: Version::HTTP_11,
+                };
                 crate::serve::http1(io, timeouts.header, &drain, self.service(ctx)).await;
             }
             Protocol::Http2 => {
-                let ctx = ConnCtx { addrs, orig_dst, version: Version::HTTP_2 };
+                let ctx = ConnCtx {
+                    addrs,
+                    orig_dst,
+                    version: Version::HTTP_2,
+                };
                 crate::serve::http2(io, &drain, self.service(ctx)).await;
             }
             Protocol::Tls { sni } => match orig_dst {
@@ -152,8 +167,13 @@ impl Outbound {
     /// One HTTP request from the app.
     async fn handle(&self, ctx: ConnCtx, mut req: Request<Incoming>) -> Response<Body> {
         let snapshot = self.state.load();
-        let mut obs =
-            RequestObserver::start(&self.metrics, Reporter::Source, &snapshot.node, &req, ctx.addrs);
+        let mut obs = RequestObserver::start(
+            &self.metrics,
+            Reporter::Source,
+            &snapshot.node,
+            &req,
+            ctx.addrs,
+        );
         let timeouts = snapshot.timeouts;
 
         // 1. Where is it going?
@@ -165,7 +185,10 @@ impl Outbound {
             .and_then(|dst| snapshot.by_addr(dst))
             .or_else(|| snapshot.by_host(&host, port))
             .cloned();
-        let route = match self.route(&snapshot, dest.as_deref(), &host, port, ctx.version).await {
+        let route = match self
+            .route(&snapshot, dest.as_deref(), &host, port, ctx.version)
+            .await
+        {
             Ok(route) => route,
             Err(error) => return obs.fail(&error, ctx.version),
         };
@@ -181,7 +204,17 @@ impl Outbound {
 
         // 2. CONNECT: a tunnel, answered here once the far end is reachable.
         if req.method() == Method::CONNECT {
-            return self.connect(req, obs, dest.as_deref(), route, &snapshot, timeouts, ctx.version).await;
+            return self
+                .connect(
+                    req,
+                    obs,
+                    dest.as_deref(),
+                    route,
+                    &snapshot,
+                    timeouts,
+                    ctx.version,
+                )
+                .await;
         }
 
         // 3. Header hygiene, at the edge of the mesh.
@@ -198,10 +231,14 @@ impl Outbound {
 
         // 4. Send it.
         let result = match downstream_upgrade {
-            Some(downstream) => self.upgrade(req, downstream, route, dest.as_deref(), &snapshot, timeouts).await,
+            Some(downstream) => {
+                self.upgrade(req, downstream, route, dest.as_deref(), &snapshot, timeouts)
+                    .await
+            }
             None => {
                 if let Some(d) = &dest {
-                    req.headers_mut().insert(TRELLIS_SERVICE, d.service_header.clone());
+                    req.headers_mut()
+                        .insert(TRELLIS_SERVICE, d.service_header.clone());
                 }
                 self.forward(req, ctx, route, &snapshot, timeouts).await
             }
@@ -219,16 +256,28 @@ impl Outbound {
         version: Version,
     ) -> Result<Route, ProxyError> {
         if let Some(dest) = dest {
-            let ep = dest.pick().ok_or_else(|| ProxyError::NoEndpoints { service: dest.fqdn.to_string() })?;
+            let ep = dest.pick().ok_or_else(|| ProxyError::NoEndpoints {
+                service: dest.fqdn.to_string(),
+            })?;
             let h2 = matches!(dest.protocol, Declared::Http2 | Declared::Grpc);
-            return Ok(Route { target: ep.target, mesh: ep.mesh, h2 });
+            return Ok(Route {
+                target: ep.target,
+                mesh: ep.mesh,
+                h2,
+            });
         }
         if snapshot.outbound_policy == OutboundPolicy::RegistryOnly {
-            return Err(ProxyError::NoRoute { authority: format!("{host}:{port}") });
+            return Err(ProxyError::NoRoute {
+                authority: format!("{host}:{port}"),
+            });
         }
         // Passthrough (ALLOW_ANY): straight to the named host, in the client's protocol.
         let target = resolve(host, port).await?;
-        Ok(Route { target, mesh: None, h2: version == Version::HTTP_2 })
+        Ok(Route {
+            target,
+            mesh: None,
+            h2: version == Version::HTTP_2,
+        })
     }
 
     /// Forward an ordinary request and return the upstream's response.
@@ -241,7 +290,11 @@ impl Outbound {
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
         let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         match route.mesh {
             Some(peer) => {
                 // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
@@ -250,16 +303,24 @@ impl Outbound {
                 h.insert(TRELLIS_DST, header_value(route.target));
                 h.insert(
                     TRELLIS_PROTO,
-                    HeaderValue::from_static(if ctx.version == Version::HTTP_2 { "h2" } else { "http1" }),
+                    HeaderValue::from_static(if ctx.version == Version::HTTP_2 {
+                        "h2"
+                    } else {
+                        "http1"
+                    }),
                 );
                 h.insert(TRELLIS_PEER, snapshot.node.peer_header.clone());
-                self.upstreams.send_h2(peer, req, t.connect, t.request).await
+                self.upstreams
+                    .send_h2(peer, req, t.connect, t.request)
+                    .await
             }
             None => {
                 headers::strip_internal(req.headers_mut());
                 if route.h2 || ctx.version == Version::HTTP_2 {
                     *req.uri_mut() = absolute(&authority, path)?;
-                    self.upstreams.send_h2(route.target, req, t.connect, t.request).await
+                    self.upstreams
+                        .send_h2(route.target, req, t.connect, t.request)
+                        .await
                 } else {
                     self.upstreams.send_h1(route.target, req, t.request).await
                 }
@@ -280,23 +341,42 @@ impl Outbound {
     ) -> Result<Response<Incoming>, ProxyError> {
         let up = &self.upstreams;
         let service = dest.map(|d| d.service_header.clone());
-        let tunnel = tunnel::open(&up.connector, &up.h2, route.target, route.mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await?;
+        let tunnel = tunnel::open(
+            &up.connector,
+            &up.h2,
+            route.target,
+            route.mesh,
+            t.connect,
+            &snapshot.node.peer_header,
+            service.as_ref(),
+        )
+        .await?;
         let addr = route.mesh.unwrap_or(route.target);
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
-            .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
+                .await
+                .map_err(|source| ProxyError::Handshake { addr, source })?;
         tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upgrade connection ended");
             }
         });
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = path.as_str().parse().map_err(|_| ProxyError::BadRequest { reason: "invalid path" })?;
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = path.as_str().parse().map_err(|_| ProxyError::BadRequest {
+            reason: "invalid path",
+        })?;
         *req.version_mut() = Version::HTTP_11;
         let mut resp = send
             .send_request(req)
             .await
-            .map_err(|source| ProxyError::Upstream { addr, source: source.into() })?;
+            .map_err(|source| ProxyError::Upstream {
+                addr,
+                source: source.into(),
+            })?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut resp);
             let idle = t.idle;
@@ -304,7 +384,11 @@ impl Outbound {
                 match tokio::try_join!(downstream, upstream) {
                     Ok((d, u)) => {
                         let relayed = relay(TokioIo::new(d), TokioIo::new(u), idle).await;
-                        tracing::debug!(sent = relayed.sent, received = relayed.received, "upgraded connection closed");
+                        tracing::debug!(
+                            sent = relayed.sent,
+                            received = relayed.received,
+                            "upgraded connection closed"
+                        );
                     }
                     Err(error) => tracing::debug!(%error, "upgrade failed"),
                 }
@@ -328,11 +412,22 @@ impl Outbound {
     ) -> Response<Body> {
         let up = &self.upstreams;
         let service = dest.map(|d| d.service_header.clone());
-        let tunnel = match tunnel::open(&up.connector, &up.h2, route.target, route.mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await {
+        let tunnel = match tunnel::open(
+            &up.connector,
+            &up.h2,
+            route.target,
+            route.mesh,
+            t.connect,
+            &snapshot.node.peer_header,
+            service.as_ref(),
+        )
+        .await
+        {
             Ok(tunnel) => tunnel,
             Err(error) => return obs.fail(&error, version),
         };
-        let tls = dest.is_some_and(|d| d.protocol == Declared::Tls) || dest.is_none() && route.target.port() == 443;
+        let tls = dest.is_some_and(|d| d.protocol == Declared::Tls)
+            || dest.is_none() && route.target.port() == 443;
         let on_upgrade = hyper::upgrade::on(&mut req);
         let detect_timeout = t.detect;
         let idle = t.idle;
@@ -366,8 +461,14 @@ impl Outbound {
     }
 
     /// A TCP connection captured transparently (declared `tcp`/`tls`, or not HTTP).
-    async fn tcp<I>(&self, io: I, addrs: ConnAddrs, dst: SocketAddr, sni: Option<String>, snapshot: &Snapshot)
-    where
+    async fn tcp<I>(
+        &self,
+        io: I,
+        addrs: ConnAddrs,
+        dst: SocketAddr,
+        sni: Option<String>,
+        snapshot: &Snapshot,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut obs = TcpObserver::start(&self.metrics, Reporter::Source, &snapshot.node, addrs);
@@ -379,10 +480,16 @@ impl Outbound {
                     obs.set_destination(d, ep);
                     (ep.target, ep.mesh)
                 }
-                None => return obs.fail(&ProxyError::NoEndpoints { service: d.fqdn.to_string() }),
+                None => {
+                    return obs.fail(&ProxyError::NoEndpoints {
+                        service: d.fqdn.to_string(),
+                    });
+                }
             },
             None if snapshot.outbound_policy == OutboundPolicy::RegistryOnly => {
-                return obs.fail(&ProxyError::NoRoute { authority: dst.to_string() });
+                return obs.fail(&ProxyError::NoRoute {
+                    authority: dst.to_string(),
+                });
             }
             None => {
                 obs.set_upstream(dst);
@@ -392,7 +499,17 @@ impl Outbound {
         let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
         let up = &self.upstreams;
         let service = dest.map(|d| d.service_header.clone());
-        match tunnel::open(&up.connector, &up.h2, target, mesh, t.connect, &snapshot.node.peer_header, service.as_ref()).await {
+        match tunnel::open(
+            &up.connector,
+            &up.h2,
+            target,
+            mesh,
+            t.connect,
+            &snapshot.node.peer_header,
+            service.as_ref(),
+        )
+        .await
+        {
             Ok(tunnel) => {
                 obs.connected();
                 obs.close(relay(io, tunnel, t.idle).await);
@@ -405,7 +522,10 @@ impl Outbound {
 /// `host[:port]` → (host, port), port 80 by default; IPv6 literals in brackets.
 fn split_authority(authority: &str) -> Option<(String, u16)> {
     let authority: http::uri::Authority = authority.parse().ok()?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     Some((host.to_owned(), authority.port_u16().unwrap_or(80)))
 }
 
@@ -415,7 +535,10 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
     }
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| ProxyError::Resolve { host: host.to_owned(), source })?;
+        .map_err(|source| ProxyError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?;
     addrs.next().ok_or_else(|| ProxyError::Resolve {
         host: host.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
@@ -434,7 +557,10 @@ mod tests {
     #[test]
     fn authorities_split_with_default_port() {
         assert_eq!(split_authority("web.test"), Some(("web.test".into(), 80)));
-        assert_eq!(split_authority("web.test:8080"), Some(("web.test".into(), 8080)));
+        assert_eq!(
+            split_authority("web.test:8080"),
+            Some(("web.test".into(), 8080))
+        );
         assert_eq!(split_authority("[::1]:9"), Some(("::1".into(), 9)));
         assert_eq!(split_authority("bad host"), None);
     }

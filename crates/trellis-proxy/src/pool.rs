@@ -62,7 +62,9 @@ impl Connector {
             Err(_) => return Err(ProxyError::ConnectTimeout { addr, timeout }),
         };
         // Small writes (headers, frames) must not wait for Nagle.
-        stream.set_nodelay(true).map_err(|source| ProxyError::Connect { addr, source })?;
+        stream
+            .set_nodelay(true)
+            .map_err(|source| ProxyError::Connect { addr, source })?;
         Ok(stream)
     }
 }
@@ -84,7 +86,10 @@ struct Slot {
 
 impl H2Pool {
     pub(crate) fn new(connector: Connector) -> Self {
-        Self { connector, peers: Mutex::default() }
+        Self {
+            connector,
+            peers: Mutex::default(),
+        }
     }
 
     /// A sender on the live connection to `addr`, connecting if there is none.

@@ -74,7 +74,9 @@ where
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -136,14 +138,20 @@ pub(crate) fn ambiguous_framing(head: &[u8]) -> bool {
         // Too many headers for this quick look, or not parseable: hyper will judge it.
         Err(_) => return false,
     }
-    let has = |name: &str| req.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let has = |name: &str| {
+        req.headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name))
+    };
     has("content-length") && has("transfer-encoding")
 }
 
 /// Answer an ambiguously framed request with 400 and close the connection.
 pub(crate) async fn reject_smuggling<I: AsyncWrite + Unpin>(mut io: I) {
     use tokio::io::AsyncWriteExt;
-    tracing::warn!("request with both Content-Length and Transfer-Encoding refused (request smuggling)");
+    tracing::warn!(
+        "request with both Content-Length and Transfer-Encoding refused (request smuggling)"
+    );
     let body = "request has both Content-Length and Transfer-Encoding\n";
     let resp = format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

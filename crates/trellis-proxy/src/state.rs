@@ -69,7 +69,9 @@ pub(crate) struct EndpointInfo {
 
 impl State {
     pub(crate) fn new(config: ProxyConfig) -> Self {
-        Self { current: ArcSwap::from_pointee(Snapshot::build(config)) }
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::build(config)),
+        }
     }
 
     /// The config in force.
@@ -122,7 +124,12 @@ impl Snapshot {
                 }
             }
         }
-        let app_ports = config.app.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        let app_ports = config
+            .app
+            .ports
+            .iter()
+            .map(|p| (p.port, p.protocol))
+            .collect();
         Self {
             node: NodeInfo {
                 workload: config.workload().into(),
@@ -170,6 +177,8 @@ impl Snapshot {
 impl Destination {
     /// Pick an endpoint.
     pub(crate) fn pick(&self) -> Option<&EndpointInfo> {
-        self.balancer.pick(self.endpoints.len()).and_then(|i| self.endpoints.get(i))
+        self.balancer
+            .pick(self.endpoints.len())
+            .and_then(|i| self.endpoints.get(i))
     }
 }

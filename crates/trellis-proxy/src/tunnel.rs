@@ -40,13 +40,17 @@ pub(crate) async fn open(
     service: Option<&http::HeaderValue>,
 ) -> Result<Tunnel, ProxyError> {
     let Some(proxy) = mesh else {
-        return Ok(Tunnel::Tcp(connector.connect(target, connect_timeout).await?));
+        return Ok(Tunnel::Tcp(
+            connector.connect(target, connect_timeout).await?,
+        ));
     };
     let mut send = pool.sender(proxy, connect_timeout).await?;
     let uri: Uri = target
         .to_string()
         .parse()
-        .map_err(|_| ProxyError::BadRequest { reason: "invalid tunnel target" })?;
+        .map_err(|_| ProxyError::BadRequest {
+            reason: "invalid tunnel target",
+        })?;
     let mut req = Request::new(empty());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
@@ -56,14 +60,27 @@ pub(crate) async fn open(
     }
     let resp = tokio::time::timeout(connect_timeout, send.send_request(req))
         .await
-        .map_err(|_| ProxyError::ConnectTimeout { addr: proxy, timeout: connect_timeout })?
-        .map_err(|source| ProxyError::Upstream { addr: proxy, source: source.into() })?;
+        .map_err(|_| ProxyError::ConnectTimeout {
+            addr: proxy,
+            timeout: connect_timeout,
+        })?
+        .map_err(|source| ProxyError::Upstream {
+            addr: proxy,
+            source: source.into(),
+        })?;
     if resp.status() != StatusCode::OK {
-        return Err(ProxyError::TunnelRefused { addr: proxy, target, status: resp.status() });
+        return Err(ProxyError::TunnelRefused {
+            addr: proxy,
+            target,
+            status: resp.status(),
+        });
     }
     let upgraded = hyper::upgrade::on(resp)
         .await
-        .map_err(|source| ProxyError::Upstream { addr: proxy, source: source.into() })?;
+        .map_err(|source| ProxyError::Upstream {
+            addr: proxy,
+            source: source.into(),
+        })?;
     Ok(Tunnel::Mesh(TokioIo::new(upgraded)))
 }
 
@@ -88,9 +105,16 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let counts = Counts::default();
-    let mut client = Counted { inner: client, count: &counts.received };
-    let mut upstream = Counted { inner: upstream, count: &counts.sent };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024);
+    let mut client = Counted {
+        inner: client,
+        count: &counts.received,
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        count: &counts.sent,
+    };
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, 64 * 1024, 64 * 1024);
     let (idle_timeout, error) = tokio::select! {
         result = copy => (false, result.is_err()),
         () = idle_watch(&counts, idle) => (true, false),
@@ -154,7 +178,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -176,7 +204,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 }
 
 impl AsyncRead for Tunnel {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Tunnel::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Tunnel::Mesh(s) => Pin::new(s).poll_read(cx, buf),
@@ -185,7 +217,11 @@ impl AsyncRead for Tunnel {
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Tunnel::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Tunnel::Mesh(s) => Pin::new(s).poll_write(cx, buf),
