@@ -117,8 +117,11 @@ impl Outbound {
             Protocol::Http1 => {
                 let (prefix, inner) = io.into_parts();
                 if crate::serve::ambiguous_framing(&prefix) {
-                    crate::serve::reject_smuggling(inner).await;
-                    return;
+                    tracing::warn!(
+                        "request with both Content-Length and Transfer-Encoding refused (request smuggling)"
+                    );
+                    let reason = "request has both Content-Length and Transfer-Encoding";
+                    return crate::serve::bad_request(inner, reason).await;
                 }
                 let io = crate::prefixed::Prefixed::new(prefix, inner);
                 let ctx = ConnCtx {
@@ -142,7 +145,12 @@ impl Outbound {
             },
             Protocol::Opaque => match orig_dst {
                 Some(dst) => self.tcp(io, addrs, dst, None, &snapshot).await,
-                None => tracing::debug!("non-HTTP bytes sent to the explicit proxy port; closing"),
+                None => {
+                    // The explicit proxy speaks HTTP only: tell the client so.
+                    tracing::debug!("non-HTTP bytes sent to the explicit proxy port");
+                    crate::serve::bad_request(io, "malformed HTTP request (this is an HTTP proxy)")
+                        .await;
+                }
             },
         }
     }

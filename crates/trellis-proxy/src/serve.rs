@@ -146,16 +146,12 @@ pub(crate) fn ambiguous_framing(head: &[u8]) -> bool {
     has("content-length") && has("transfer-encoding")
 }
 
-/// Answer an ambiguously framed request with 400 and close the connection.
-pub(crate) async fn reject_smuggling<I: AsyncWrite + Unpin>(mut io: I) {
+/// Answer a client that broke HTTP/1 framing with `400 Bad Request` and `reason`, then close.
+pub(crate) async fn bad_request<I: AsyncWrite + Unpin>(mut io: I, reason: &str) {
     use tokio::io::AsyncWriteExt;
-    tracing::warn!(
-        "request with both Content-Length and Transfer-Encoding refused (request smuggling)"
-    );
-    let body = "request has both Content-Length and Transfer-Encoding\n";
     let resp = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reason}\n",
+        reason.len() + 1
     );
     let _ = io.write_all(resp.as_bytes()).await;
     let _ = io.shutdown().await;
