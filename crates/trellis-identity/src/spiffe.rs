@@ -16,17 +16,27 @@ pub struct SpiffeId {
 pub enum SpiffeIdError {
     #[error("{0:?} does not start with spiffe://")]
     Scheme(String),
-    #[error("{id:?}: trust domain {domain:?} is not valid (lower-case letters, digits, '.', '-', '_')")]
+    #[error(
+        "{id:?}: trust domain {domain:?} is not valid (lower-case letters, digits, '.', '-', '_')"
+    )]
     TrustDomain { id: String, domain: String },
     #[error("{0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
     Shape(String),
     #[error("{id:?}: {what} {value:?} is not a valid name (lower-case letters, digits, '-', '.')")]
-    Segment { id: String, what: &'static str, value: String },
+    Segment {
+        id: String,
+        what: &'static str,
+        value: String,
+    },
 }
 
 impl SpiffeId {
     /// Build an ID from its parts, validating each.
-    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, SpiffeIdError> {
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
         format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}").parse()
     }
 
@@ -47,13 +57,22 @@ impl FromStr for SpiffeId {
     type Err = SpiffeIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("spiffe://").ok_or_else(|| SpiffeIdError::Scheme(s.to_owned()))?;
-        let (domain, path) = rest.split_once('/').ok_or_else(|| SpiffeIdError::Shape(s.to_owned()))?;
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| SpiffeIdError::Scheme(s.to_owned()))?;
+        let (domain, path) = rest
+            .split_once('/')
+            .ok_or_else(|| SpiffeIdError::Shape(s.to_owned()))?;
         let domain_ok = !domain.is_empty()
             && domain.len() <= 255
-            && domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
         if !domain_ok {
-            return Err(SpiffeIdError::TrustDomain { id: s.to_owned(), domain: domain.to_owned() });
+            return Err(SpiffeIdError::TrustDomain {
+                id: s.to_owned(),
+                domain: domain.to_owned(),
+            });
         }
         let parts: Vec<&str> = path.split('/').collect();
         let [ns_key, namespace, sa_key, account] = parts.as_slice() else {
@@ -65,9 +84,15 @@ impl FromStr for SpiffeId {
         for (what, value) in [("namespace", namespace), ("service account", account)] {
             let ok = !value.is_empty()
                 && value.len() <= 253
-                && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
             if !ok {
-                return Err(SpiffeIdError::Segment { id: s.to_owned(), what, value: (*value).to_owned() });
+                return Err(SpiffeIdError::Segment {
+                    id: s.to_owned(),
+                    what,
+                    value: (*value).to_owned(),
+                });
             }
         }
         Ok(Self {
@@ -80,7 +105,11 @@ impl FromStr for SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
     }
 }
 
@@ -95,7 +124,10 @@ mod tests {
         assert_eq!(id.namespace(), "shop");
         assert_eq!(id.service_account(), "reviews");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/reviews");
-        assert_eq!(SpiffeId::new("cluster.local", "shop", "reviews").unwrap(), id);
+        assert_eq!(
+            SpiffeId::new("cluster.local", "shop", "reviews").unwrap(),
+            id
+        );
     }
 
     #[test]

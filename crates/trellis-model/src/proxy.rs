@@ -251,7 +251,10 @@ impl Default for Listeners {
 
 impl Default for App {
     fn default() -> Self {
-        Self { address: default_app_address(), ports: Vec::new() }
+        Self {
+            address: default_app_address(),
+            ports: Vec::new(),
+        }
     }
 }
 

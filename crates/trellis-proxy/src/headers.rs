@@ -28,7 +28,8 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// Remove the hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `Transfer-Encoding`, `Upgrade`, and
-/// `TE` unless it is `trailers` (which gRPC needs end to end).
+/// `TE` unless it is `trailers` (which gRPC needs end to end). `Trailer` is end to end (RFC 9110
+/// §6.6.2) and stays: HTTP/1.1 only sends the trailer fields it declares.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -52,7 +53,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::PROXY_AUTHORIZATION,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
-        header::TRAILER,
     ] {
         headers.remove(name);
     }

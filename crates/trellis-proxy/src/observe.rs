@@ -193,7 +193,9 @@ impl RequestObserver {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if status == StatusCode::BAD_REQUEST {
+        // A client that broke the protocol gets its connection closed (HTTP/1 only: HTTP/2 has
+        // no Connection header, and its other streams are fine).
+        if status == StatusCode::BAD_REQUEST && version != Version::HTTP_2 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -23,7 +23,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("trellis: cannot start the async runtime: {error}");
@@ -35,7 +38,9 @@ fn main() -> std::process::ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::DemoApp(args) => {
                 trellis_runtime::init_tracing(trellis_runtime::TracingOptions::default())?;
-                demo_app::run(args).await.map(|()| std::process::ExitCode::SUCCESS)
+                demo_app::run(args)
+                    .await
+                    .map(|()| std::process::ExitCode::SUCCESS)
             }
         }
     });

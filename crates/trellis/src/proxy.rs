@@ -25,12 +25,20 @@ pub(crate) struct ProxyArgs {
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let file = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read config file {file}"))?;
+    let text = match std::fs::read_to_string(&args.config) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("trellis: cannot read config file {file}: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let config = match ProxyConfig::from_yaml(&file, &text) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("trellis: {file} is not a valid proxy config ({} errors):", errors.0.len());
+            eprintln!(
+                "trellis: {file} is not a valid proxy config ({} errors):",
+                errors.0.len()
+            );
             eprintln!("{errors}");
             return Ok(ExitCode::from(2));
         }

@@ -1,0 +1,129 @@
+//! `trellis demo-app` processes.
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::dir::TestDir;
+use crate::process::Process;
+use crate::proxy::{STARTUP, Trellis, wait_for_ready_file};
+
+/// How to start a demo app.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    name: String,
+    version: Option<String>,
+    tcp: bool,
+    args: Vec<String>,
+}
+
+/// A running `trellis demo-app`: HTTP/1.1 and h2c on `http`, and, when asked for, the
+/// server-first TCP echo on `tcp` (banner `trellis-demo NAME tcp\r\n`, then echo).
+#[derive(Debug)]
+pub struct DemoApp {
+    pub http: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    process: Process,
+    _dir: TestDir,
+}
+
+impl DemoOptions {
+    pub fn new(name: &str) -> DemoOptions {
+        DemoOptions {
+            name: name.to_owned(),
+            version: None,
+            tcp: false,
+            args: Vec::new(),
+        }
+    }
+
+    pub fn version(mut self, version: &str) -> DemoOptions {
+        self.version = Some(version.to_owned());
+        self
+    }
+
+    /// Also serve the TCP echo port.
+    pub fn tcp(mut self) -> DemoOptions {
+        self.tcp = true;
+        self
+    }
+
+    /// Any other argument (`--backend URL`, `--proxy ADDR`).
+    pub fn arg(mut self, arg: &str) -> DemoOptions {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Starts the app on 127.0.0.1:0 and waits for its ready file.
+    pub fn start(self, trellis: &Trellis) -> DemoApp {
+        let label = format!("demo-{}", self.name);
+        let dir = TestDir::new(&label);
+        let ready = dir.join("ready.json");
+        let mut command = Command::new(trellis.bin());
+        command
+            .args(["demo-app", "--name", &self.name, "--http", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready);
+        if let Some(version) = &self.version {
+            command.args(["--version", version]);
+        }
+        if self.tcp {
+            command.args(["--tcp", "127.0.0.1:0"]);
+        }
+        command.args(&self.args);
+        let mut process = Process::spawn(&label, command);
+        let json = wait_for_ready_file(&mut process, &ready, STARTUP).unwrap_or_else(|why| {
+            panic!("{label} did not start: {why}\n{}", process.stderr_tail(40))
+        });
+        let addr =
+            |key: &str| match json.get(key) {
+                Some(Value::String(s)) => Some(s.parse::<SocketAddr>().unwrap_or_else(|e| {
+                    panic!("{label}: bad {key} address {s:?} in ready file: {e}")
+                })),
+                _ => None,
+            };
+        let http =
+            addr("http").unwrap_or_else(|| panic!("{label}: no http address in ready file {json}"));
+        let tcp = addr("tcp");
+        assert!(
+            !self.tcp || tcp.is_some(),
+            "{label}: asked for --tcp but the ready file has no tcp address: {json}"
+        );
+        DemoApp {
+            http,
+            tcp,
+            process,
+            _dir: dir,
+        }
+    }
+}
+
+impl DemoApp {
+    /// Starts `trellis demo-app --name NAME` with an HTTP port only.
+    pub fn start(trellis: &Trellis, name: &str) -> DemoApp {
+        DemoOptions::new(name).start(trellis)
+    }
+
+    /// Options for a demo app with more than an HTTP port (`.tcp()`, `.version()`, `.arg()`).
+    pub fn options(name: &str) -> DemoOptions {
+        DemoOptions::new(name)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http.port()
+    }
+
+    /// The TCP echo port; panics when the app was started without one.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp.expect("demo app started without --tcp").port()
+    }
+
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    pub fn diagnostics(&self) -> String {
+        self.process.stderr_tail(20)
+    }
+}

@@ -1,0 +1,226 @@
+//! Readiness, draining on SIGTERM, fast stop on SIGINT.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use trellis_test_support::{
+    Chain, Curl, HeldUpstream, RawConn, ServiceSpec, Target, require_tool, wait_until,
+};
+
+use crate::{trellis, web_chain};
+
+/// `slow.test:80` → an upstream behind B that holds every request for `hold`.
+fn held_chain(hold: Duration, drain: &str) -> (HeldUpstream, Chain) {
+    let upstream = HeldUpstream::start(hold);
+    let chain = Chain::builder(&trellis())
+        .service(ServiceSpec::new(
+            "slow",
+            80,
+            "http",
+            Target::Meshed(upstream.port()),
+        ))
+        .a_timeout("drain", drain)
+        .b_timeout("drain", drain)
+        .start();
+    (upstream, chain)
+}
+
+#[test]
+fn ready_and_live_once_started() {
+    let web = web_chain();
+    for proxy in [&web.chain.a, &web.chain.b] {
+        let ready = proxy.admin_get("/ready");
+        assert_eq!(
+            ready.status,
+            200,
+            "/ready at {}: {}\n{}",
+            proxy.name(),
+            ready.text(),
+            proxy.diagnostics()
+        );
+        let live = proxy.admin_get("/live");
+        assert_eq!(
+            live.status,
+            200,
+            "/live at {}: {}",
+            proxy.name(),
+            live.text()
+        );
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_request_then_exits_0() {
+    if !require_tool("curl") || !require_tool("kill") {
+        return;
+    }
+    let (upstream, mut chain) = held_chain(Duration::from_millis(1500), "10s");
+    let proxy = chain.proxy_url();
+    let client =
+        std::thread::spawn(move || Curl::new().proxy(&proxy).arg("http://slow.test/").run());
+    upstream
+        .wait_request(Duration::from_secs(15))
+        .unwrap_or_else(|| {
+            panic!(
+                "the request never reached the upstream\n{}",
+                chain.diagnostics()
+            )
+        });
+
+    // The request is in flight at both proxies: drain both.
+    let outbound = chain.a.outbound();
+    let signalled = Instant::now();
+    chain.a.sigterm();
+    chain.b.sigterm();
+
+    // A stops accepting while the request is still held.
+    let refused = wait_until(Duration::from_secs(1), || {
+        TcpStream::connect(outbound).is_err().then_some(())
+    });
+
+    let out = client.join().unwrap();
+    assert_eq!(
+        out.code,
+        200,
+        "the in-flight request must complete during the drain\n{}{}",
+        out.describe(),
+        chain.diagnostics()
+    );
+    assert_eq!(out.text(), "held");
+    let a = chain.a.wait_exit(Duration::from_secs(12));
+    let b = chain.b.wait_exit(Duration::from_secs(12));
+    assert_eq!(
+        a.and_then(|s| s.code()),
+        Some(0),
+        "proxy A after SIGTERM: {a:?}\n{}",
+        chain.a.diagnostics()
+    );
+    assert_eq!(
+        b.and_then(|s| s.code()),
+        Some(0),
+        "proxy B after SIGTERM: {b:?}\n{}",
+        chain.b.diagnostics()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "drain took {:?} for a 1.5 s request",
+        signalled.elapsed()
+    );
+    assert!(
+        refused.is_some(),
+        "A still accepted connections after SIGTERM"
+    );
+}
+
+#[test]
+fn sigterm_with_idle_keep_alive_connection_exits_promptly() {
+    // An idle keep-alive client must not hold the drain for its whole grace period.
+    if !require_tool("kill") {
+        return;
+    }
+    let web = web_chain();
+    let mut chain = web.chain;
+    let mut conn = RawConn::connect(chain.a.outbound());
+    conn.send(b"GET http://web.test/ HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .unwrap();
+    let response = conn.read_response(Duration::from_secs(20)).unwrap();
+    assert_eq!(response.status, 200);
+    let signalled = Instant::now();
+    chain.a.sigterm();
+    let status = chain.a.wait_exit(Duration::from_secs(12));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{status:?}\n{}",
+        chain.a.diagnostics()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "idle proxy took {:?} to drain (drain timeout 10 s)",
+        signalled.elapsed()
+    );
+    drop(conn);
+}
+
+#[test]
+fn sigterm_gives_up_on_requests_longer_than_drain_timeout() {
+    if !require_tool("curl") || !require_tool("kill") {
+        return;
+    }
+    let (upstream, mut chain) = held_chain(Duration::from_secs(20), "1s");
+    let proxy = chain.proxy_url();
+    let client = std::thread::spawn(move || {
+        Curl::new()
+            .proxy(&proxy)
+            .arg("http://slow.test/")
+            .timeout(Duration::from_secs(30))
+            .run()
+    });
+    upstream
+        .wait_request(Duration::from_secs(15))
+        .unwrap_or_else(|| {
+            panic!(
+                "the request never reached the upstream\n{}",
+                chain.diagnostics()
+            )
+        });
+    let signalled = Instant::now();
+    chain.a.sigterm();
+    let status = chain.a.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some(),
+        "A still running 10 s after SIGTERM with drain 1 s\n{}",
+        chain.a.diagnostics()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "A exited {:?} after SIGTERM with drain 1 s",
+        signalled.elapsed()
+    );
+    let out = client.join().unwrap();
+    assert_ne!(
+        out.code,
+        200,
+        "the held request cannot have completed\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn sigint_stops_fast_even_with_request_in_flight() {
+    if !require_tool("curl") || !require_tool("kill") {
+        return;
+    }
+    let (upstream, mut chain) = held_chain(Duration::from_secs(20), "10s");
+    let proxy = chain.proxy_url();
+    let client = std::thread::spawn(move || {
+        Curl::new()
+            .proxy(&proxy)
+            .arg("http://slow.test/")
+            .timeout(Duration::from_secs(30))
+            .run()
+    });
+    upstream
+        .wait_request(Duration::from_secs(15))
+        .unwrap_or_else(|| {
+            panic!(
+                "the request never reached the upstream\n{}",
+                chain.diagnostics()
+            )
+        });
+    let signalled = Instant::now();
+    chain.a.sigint();
+    let status = chain.a.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "A still running 5 s after SIGINT\n{}",
+        chain.a.diagnostics()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "SIGINT took {:?}",
+        signalled.elapsed()
+    );
+    let _ = client.join();
+}
