@@ -14,6 +14,7 @@ mod large_body;
 mod lifecycle;
 mod metrics;
 mod streaming;
+mod transparent;
 mod tunnel;
 mod websocket;
 

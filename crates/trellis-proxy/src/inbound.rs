@@ -9,13 +9,16 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use trellis_model::Protocol as Declared;
 use trellis_runtime::DrainWatcher;
 
+use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
@@ -60,42 +63,147 @@ impl Inbound {
         crate::serve::http2(stream, &drain, service).await;
     }
 
-    /// Serve one connection captured on its way to the app (clients outside the mesh): relay it
-    /// to the app port it was addressed to.
+    /// Serve one connection captured on its way to the app (clients outside the mesh,
+    /// PERMISSIVE): detect the protocol; HTTP is served request by request (with telemetry and
+    /// the edge headers), anything else is relayed to the app port it was addressed to. Ports
+    /// declared `tcp`/`tls` skip detection (server-first protocols).
     pub(crate) async fn serve_captured(
         self: Arc<Self>,
         stream: TcpStream,
         client: SocketAddr,
-        _drain: DrainWatcher,
+        drain: DrainWatcher,
     ) {
         let snapshot = self.state.load();
         let local = stream.local_addr().unwrap_or(client);
-        let mut obs = TcpObserver::start(
-            &self.metrics,
-            Reporter::Destination,
-            &snapshot.node,
-            ConnAddrs { client, local },
-        );
+        let addrs = ConnAddrs { client, local };
         let target = match original_dst(&stream) {
-            Ok(dst) if dst != local => dst,
+            Ok(dst) if dst != local => SocketAddr::new(snapshot.app_address, dst.port()),
             _ => {
                 tracing::warn!("inbound capture connection was not redirected; closing");
                 return;
             }
         };
-        // The app listens on the same port, on its own address.
-        let app = SocketAddr::new(snapshot.app_address, target.port());
-        if snapshot.app_port(app).is_none() {
-            return obs.fail(&ProxyError::NotAnAppPort { target: app });
+        let declared = snapshot.app_port(target);
+        if matches!(declared, Some(Declared::Tcp | Declared::Tls)) {
+            return self.relay_to_app(stream, addrs, target, &snapshot).await;
         }
-        obs.set_upstream(app);
+        let (protocol, io) = match detect(stream, snapshot.timeouts.detect).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%error, "connection closed during protocol detection");
+                return;
+            }
+        };
+        let http1 = match protocol {
+            Protocol::Http1 => true,
+            Protocol::Http2 => false,
+            Protocol::Tls { .. } | Protocol::Opaque => {
+                return self.relay_to_app(io, addrs, target, &snapshot).await;
+            }
+        };
+        let this = self.clone();
+        let service = service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.handle_captured(addrs, target, http1, req).await) }
+        });
+        if http1 {
+            crate::serve::http1(io, snapshot.timeouts.header, &drain, service).await;
+        } else {
+            crate::serve::http2(io, &drain, service).await;
+        }
+    }
+
+    /// Relay a captured connection's bytes to the app.
+    async fn relay_to_app<I>(
+        &self,
+        io: I,
+        addrs: ConnAddrs,
+        target: SocketAddr,
+        snapshot: &Snapshot,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut obs =
+            TcpObserver::start(&self.metrics, Reporter::Destination, &snapshot.node, addrs);
+        if snapshot.app_port(target).is_none() {
+            return obs.fail(&ProxyError::NotAnAppPort { target });
+        }
+        obs.set_upstream(target);
         let t = snapshot.timeouts;
-        match self.upstreams.connector.connect(app, t.connect).await {
+        match self.upstreams.connector.connect(target, t.connect).await {
             Ok(upstream) => {
                 obs.connected();
-                obs.close(relay(stream, upstream, t.idle).await);
+                obs.close(relay(io, upstream, t.idle).await);
             }
             Err(error) => obs.fail(&error),
+        }
+    }
+
+    /// One HTTP request from a client outside the mesh, captured on its way to the app.
+    async fn handle_captured(
+        &self,
+        addrs: ConnAddrs,
+        target: SocketAddr,
+        http1: bool,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
+        let snapshot = self.state.load();
+        let version = if http1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_2
+        };
+        let mut obs = RequestObserver::start(
+            &self.metrics,
+            Reporter::Destination,
+            &snapshot.node,
+            &req,
+            addrs,
+        );
+        if snapshot.app_port(target).is_none() {
+            return obs.fail(&ProxyError::NotAnAppPort { target }, version);
+        }
+        // This is where the request enters the mesh: the edge headers are ours to set.
+        obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
+        headers::strip_internal(req.headers_mut());
+        headers::set_forwarded(req.headers_mut(), addrs.client.ip(), "http");
+        let resp = self
+            .forward_to_app(req, &mut obs, target, http1, &snapshot)
+            .await;
+        obs.respond(resp, version)
+    }
+
+    /// Send a request to the app in the protocol the client spoke.
+    async fn forward_to_app(
+        &self,
+        mut req: Request<Incoming>,
+        obs: &mut RequestObserver,
+        target: SocketAddr,
+        http1: bool,
+        snapshot: &Snapshot,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        obs.set_upstream(target);
+        headers::strip_hop_by_hop(req.headers_mut());
+        let t = snapshot.timeouts;
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, obs.count_request(body));
+        if http1 {
+            self.upstreams.send_h1(target, req, t.request).await
+        } else {
+            let mut req = req;
+            if req.uri().authority().is_none() {
+                let authority =
+                    crate::observe::authority_of(&req).unwrap_or_else(|| target.to_string());
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = crate::forward::absolute(&authority, path)?;
+            }
+            self.upstreams
+                .send_h2(target, req, t.connect, t.request)
+                .await
         }
     }
 
@@ -123,7 +231,6 @@ impl Inbound {
         {
             obs.set_service(service.into());
         }
-        let t = snapshot.timeouts;
 
         if req.method() == Method::CONNECT {
             return self.connect(req, obs, &snapshot).await;
@@ -134,7 +241,6 @@ impl Inbound {
             Ok(target) => target,
             Err(error) => return obs.fail(&error, Version::HTTP_2),
         };
-        obs.set_upstream(target);
         let http1 = req
             .headers()
             .get(TRELLIS_PROTO)
@@ -143,19 +249,12 @@ impl Inbound {
             obs.set_client_http1();
         }
         headers::strip_internal(req.headers_mut());
-        headers::strip_hop_by_hop(req.headers_mut());
         if let Some(id) = req.headers().get(headers::X_REQUEST_ID) {
             obs.set_request_id(id.clone());
         }
-        let (parts, body) = req.into_parts();
-        let req = Request::from_parts(parts, obs.count_request(body));
-        let result = if http1 {
-            self.upstreams.send_h1(target, req, t.request).await
-        } else {
-            self.upstreams
-                .send_h2(target, req, t.connect, t.request)
-                .await
-        };
+        let result = self
+            .forward_to_app(req, &mut obs, target, http1, &snapshot)
+            .await;
         obs.respond(result, Version::HTTP_2)
     }
 

@@ -1,7 +1,6 @@
 //! `trellis demo-app` processes.
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -60,7 +59,7 @@ impl DemoOptions {
         let label = format!("demo-{}", self.name);
         let dir = TestDir::new(&label);
         let ready = dir.join("ready.json");
-        let mut command = Command::new(trellis.bin());
+        let mut command = trellis.command();
         command
             .args(["demo-app", "--name", &self.name, "--http", "127.0.0.1:0"])
             .arg("--ready-file")

@@ -7,6 +7,8 @@
 //! - [`Trellis`], [`ProxyProcess`], [`DemoApp`]: the binary under test and the processes it
 //!   runs, each started with `--ready-file` and waited for with a deadline.
 //! - [`Chain`]: the usual topology, client → proxy A → proxy B → app.
+//! - [`NetNs`]: a private network namespace with its own iptables (root only), for
+//!   transparent capture.
 //! - Peers: [`PyPeer`] (the Python gRPC/WebSocket peers), [`TlsServer`] (`openssl s_server`),
 //!   [`HeldUpstream`] (an HTTP/1.1 upstream that holds each request for a while).
 //! - Clients: [`Curl`], [`RawConn`] (scripted bytes), [`client`] (hyper, for streamed bodies).
@@ -20,6 +22,7 @@ pub mod curl;
 pub mod demo;
 pub mod dir;
 pub mod metrics;
+pub mod netns;
 pub mod peer;
 pub mod process;
 pub mod proxy;
@@ -33,6 +36,7 @@ pub use curl::{Curl, CurlOutput};
 pub use demo::{DemoApp, DemoOptions};
 pub use dir::TestDir;
 pub use metrics::{Metrics, Sample};
+pub use netns::NetNs;
 pub use peer::{PyPeer, TlsServer, repo_root, run_python};
 pub use process::{CommandOutput, Process, run, run_with_input};
 pub use proxy::{ProxyAddrs, ProxyProcess, Trellis};

@@ -22,6 +22,8 @@ pub const STARTUP: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Trellis {
     bin: PathBuf,
+    /// Run every process inside this network namespace (`ip netns exec NS ...`).
+    netns: Option<String>,
 }
 
 /// The addresses a proxy reports in its ready file (listeners configured with port 0 carry
@@ -49,21 +51,40 @@ pub struct ProxyProcess {
 
 impl Trellis {
     pub fn new(bin: impl Into<PathBuf>) -> Trellis {
-        Trellis { bin: bin.into() }
+        Trellis {
+            bin: bin.into(),
+            netns: None,
+        }
+    }
+
+    /// The same binary, with every process it starts running inside network namespace `ns`.
+    pub fn in_netns(&self, ns: &crate::NetNs) -> Trellis {
+        Trellis {
+            bin: self.bin.clone(),
+            netns: Some(ns.name().to_owned()),
+        }
     }
 
     pub fn bin(&self) -> &Path {
         &self.bin
     }
 
-    /// A `Command` for the binary, to run subcommands by hand.
+    /// A `Command` for the binary (inside the network namespace, if any), to run subcommands
+    /// by hand.
     pub fn command(&self) -> Command {
-        Command::new(&self.bin)
+        match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        }
     }
 
     /// Starts `trellis proxy` with `yaml` as its config; see [`ProxyProcess::start`].
     pub fn proxy(&self, name: &str, yaml: &str) -> ProxyProcess {
-        ProxyProcess::start(&self.bin, name, yaml)
+        ProxyProcess::spawn(self.command(), name, yaml, &[])
     }
 
     /// Starts `trellis demo-app --name NAME` with an HTTP port only.
@@ -82,10 +103,15 @@ impl ProxyProcess {
 
     /// Like [`ProxyProcess::start`], with extra command-line arguments (e.g. `--log-level`).
     pub fn start_with_args(bin: &Path, name: &str, yaml: &str, args: &[&str]) -> ProxyProcess {
+        ProxyProcess::spawn(Command::new(bin), name, yaml, args)
+    }
+
+    /// Starts `command` (the binary, possibly behind a launcher such as `ip netns exec`) as a
+    /// proxy; see [`ProxyProcess::start`].
+    pub fn spawn(mut command: Command, name: &str, yaml: &str, args: &[&str]) -> ProxyProcess {
         let dir = TestDir::new(name);
         let config = dir.write("proxy.yaml", yaml);
         let ready = dir.join("ready.json");
-        let mut command = Command::new(bin);
         command
             .arg("proxy")
             .arg("--config")

@@ -29,7 +29,7 @@ pub fn require_python_module(module: &str) -> bool {
     imported || skip(&format!("python module {module}"))
 }
 
-fn skip(what: &str) -> bool {
+pub(crate) fn skip(what: &str) -> bool {
     let current = std::thread::current();
     let test = current.name().unwrap_or("test");
     if std::env::var("CI").is_ok_and(|ci| ci == "true") {
