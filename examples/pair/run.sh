@@ -23,14 +23,15 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-"$T" demo-app --name reviews --version v1 --http 127.0.0.1:9080 --tcp 127.0.0.1:9090 2>"$logs/reviews.log" &
+"$T" demo-app --name reviews --version v1 --http 127.0.0.1:9080 --tcp 127.0.0.1:9090 \
+  >"$logs/reviews.access.log" 2>"$logs/reviews.log" &
 pids+=($!)
 "$T" proxy --config "$here/reviews-proxy.yaml" >"$logs/reviews-proxy.access.log" 2>"$logs/reviews-proxy.log" &
 pids+=($!)
 "$T" proxy --config "$here/frontend-proxy.yaml" >"$logs/frontend-proxy.access.log" 2>"$logs/frontend-proxy.log" &
 pids+=($!)
 "$T" demo-app --name frontend --http 127.0.0.1:8080 --backend http://reviews.shop/ --proxy 127.0.0.1:15001 \
-  2>"$logs/frontend.log" &
+  >"$logs/frontend.access.log" 2>"$logs/frontend.log" &
 pids+=($!)
 
 for url in http://127.0.0.1:15000/ready http://127.0.0.1:15100/ready; do
