@@ -347,18 +347,7 @@ impl Outbound {
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let up = &self.upstreams;
-        let service = dest.map(|d| d.service_header.clone());
-        let tunnel = tunnel::open(
-            &up.connector,
-            &up.h2,
-            route.target,
-            route.mesh,
-            t.connect,
-            &snapshot.node.peer_header,
-            service.as_ref(),
-        )
-        .await?;
+        let tunnel = self.open_tunnel(route, dest, snapshot, t).await?;
         let addr = route.mesh.unwrap_or(route.target);
         let (mut send, conn) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
@@ -418,19 +407,7 @@ impl Outbound {
         t: Timeouts,
         version: Version,
     ) -> Response<Body> {
-        let up = &self.upstreams;
-        let service = dest.map(|d| d.service_header.clone());
-        let tunnel = match tunnel::open(
-            &up.connector,
-            &up.h2,
-            route.target,
-            route.mesh,
-            t.connect,
-            &snapshot.node.peer_header,
-            service.as_ref(),
-        )
-        .await
-        {
+        let tunnel = match self.open_tunnel(route, dest, snapshot, t).await {
             Ok(tunnel) => tunnel,
             Err(error) => return obs.fail(&error, version),
         };
@@ -466,6 +443,28 @@ impl Outbound {
         let mut resp = Response::new(empty());
         *resp.version_mut() = version;
         resp
+    }
+
+    /// A byte stream to the route's endpoint: a `CONNECT` stream through its proxy, or TCP.
+    async fn open_tunnel(
+        &self,
+        route: Route,
+        dest: Option<&Destination>,
+        snapshot: &Snapshot,
+        t: Timeouts,
+    ) -> Result<tunnel::Tunnel, ProxyError> {
+        let up = &self.upstreams;
+        let service = dest.map(|d| &d.service_header);
+        tunnel::open(
+            &up.connector,
+            &up.h2,
+            route.target,
+            route.mesh,
+            t.connect,
+            &snapshot.node.peer_header,
+            service,
+        )
+        .await
     }
 
     /// A TCP connection captured transparently (declared `tcp`/`tls`, or not HTTP).
@@ -505,18 +504,14 @@ impl Outbound {
             }
         };
         let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
-        let up = &self.upstreams;
-        let service = dest.map(|d| d.service_header.clone());
-        match tunnel::open(
-            &up.connector,
-            &up.h2,
+        let route = Route {
             target,
             mesh,
-            t.connect,
-            &snapshot.node.peer_header,
-            service.as_ref(),
-        )
-        .await
+            h2: false,
+        };
+        match self
+            .open_tunnel(route, dest.map(|d| &**d), snapshot, t)
+            .await
         {
             Ok(tunnel) => {
                 obs.connected();
