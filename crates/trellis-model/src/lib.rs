@@ -8,7 +8,7 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
-    App, AppPort, Endpoint, Listeners, Node, OutboundPolicy, Protocol, ProxyConfig, Service,
-    ServicePort, Timeouts,
+    App, AppPort, Endpoint, Identity, Listeners, MtlsMode, Node, OutboundPolicy, Protocol,
+    ProxyConfig, Service, ServicePort, Timeouts,
 };
 pub use validate::{ConfigError, ConfigErrors};

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,53 @@ pub struct ProxyConfig {
     /// Timeouts that apply to every connection and request unless a service overrides them.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// This workload's identity for mutual TLS. Absent: the proxy has no identity, and its mesh
+    /// transport is plaintext both ways.
+    #[serde(default)]
+    pub identity: Option<Identity>,
+    /// What the mesh listener accepts from peers (Istio's PeerAuthentication mode); an app
+    /// port's own `mtls` wins for traffic to that port.
+    #[serde(default)]
+    pub mtls: MtlsMode,
+}
+
+/// Where this proxy's certificate comes from, and what it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The SPIFFE ID this workload runs as: `spiffe://<trust-domain>/ns/<ns>/sa/<account>`.
+    pub id: String,
+    /// The trust bundle (PEM, one or more roots) peers' certificates must chain to.
+    pub bundle: PathBuf,
+    /// A certificate chain (PEM, leaf first) issued to `id`, with `key`: for stand-alone use.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The private key for `cert` (PEM); must not be readable by others.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The CA's signing service: the proxy generates its key in memory, sends a CSR, and
+    /// renews at half life. Excludes `cert`/`key`.
+    #[serde(default)]
+    pub ca: Option<SocketAddr>,
+    /// A join token for the first CSR (read once at start; renewals use the current cert).
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// How long a certificate from the CA should live.
+    #[serde(default = "default_cert_ttl", with = "crate::duration::serde_duration")]
+    pub cert_ttl: Duration,
+}
+
+/// Whether inbound mesh traffic must be mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Only mutual TLS is accepted.
+    Strict,
+    /// Mutual TLS and plaintext are both accepted (moving a workload into the mesh).
+    #[default]
+    Permissive,
+    /// Only plaintext.
+    Disable,
 }
 
 /// The workload this proxy stands beside.
@@ -91,6 +139,9 @@ pub struct AppPort {
     /// How the app speaks on this port. `http` covers HTTP/1.1 and upgrades; `http2` and `grpc`
     /// are HTTP/2 (prior knowledge); `tcp` and `tls` are relayed as bytes.
     pub protocol: Protocol,
+    /// This port's mTLS mode, when it differs from the workload's.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
 }
 
 /// A protocol declared on a port. Declaring `tcp` (or `tls`) skips protocol detection, which is
@@ -159,6 +210,10 @@ pub struct Endpoint {
     /// Namespace of the endpoint's workload; defaults to the service's.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// The SPIFFE ID the endpoint's proxy must present (secure naming). With it, and an
+    /// identity of our own, the mesh connection is mutual TLS; without it, plaintext.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// What the outbound side does with traffic to a destination that is not a known service.
@@ -294,6 +349,9 @@ fn default_request() -> Duration {
 }
 fn default_idle() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_drain() -> Duration {
     Duration::from_secs(10)

@@ -16,7 +16,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::proxy::{App, Listeners, ProxyConfig, Service, Timeouts};
+use crate::proxy::{App, Identity, Listeners, MtlsMode, ProxyConfig, Service, Timeouts};
 use decode::Decoded;
 use yaml::Mark;
 
@@ -161,10 +161,82 @@ fn check(decoded: &Decoded) -> Vec<Problem> {
     c.app(&config.app);
     c.services(&config.services);
     c.timeouts("timeouts", &config.timeouts);
+    if let Some(identity) = &config.identity {
+        c.identity(identity);
+    }
+    if config.mtls == MtlsMode::Strict && config.identity.is_none() {
+        c.report(
+            "mtls",
+            &[],
+            "strict mTLS needs an identity (add an `identity` section)",
+        );
+    }
     c.problems
 }
 
 impl Checker<'_> {
+    /// An identity comes from files (`cert` + `key`) or from the CA (`ca` + `join_token_file`),
+    /// never both.
+    fn identity(&mut self, id: &Identity) {
+        self.spiffe_id("identity.id", &id.id);
+        let files = id.cert.is_some() || id.key.is_some();
+        if files && id.ca.is_some() {
+            self.report(
+                "identity.ca",
+                &["identity.cert"],
+                "give either cert and key (files) or ca (the signing service), not both",
+            );
+        } else if files && (id.cert.is_none() || id.key.is_none()) {
+            let (missing, given) = if id.cert.is_none() {
+                ("cert", "key")
+            } else {
+                ("key", "cert")
+            };
+            self.report(
+                &format!("identity.{given}"),
+                &[],
+                format!("{given} needs {missing} beside it"),
+            );
+        } else if !files && id.ca.is_none() {
+            self.report(
+                "identity",
+                &[],
+                "no source for the certificate: give cert and key, or ca and join_token_file",
+            );
+        } else if id.ca.is_some() && id.join_token_file.is_none() {
+            self.report(
+                "identity.ca",
+                &[],
+                "the first CSR needs a join token: add join_token_file (mint one with `trellis control token`)",
+            );
+        }
+        if id.cert_ttl < Duration::from_secs(60) {
+            self.report("identity.cert_ttl", &[], "must be at least 1m");
+        }
+    }
+
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    fn spiffe_id(&mut self, path: &str, id: &str) {
+        if self.decoded.failed(path) {
+            return;
+        }
+        let ok = id.strip_prefix("spiffe://").is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('/').collect();
+            matches!(parts.as_slice(), [td, "ns", ns, "sa", sa]
+                if !td.is_empty() && !ns.is_empty() && !sa.is_empty())
+        });
+        if !ok {
+            self.report(
+                path,
+                &[],
+                format!(
+                    "{} is not a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)",
+                    quoted(id)
+                ),
+            );
+        }
+    }
+
     /// No two listeners may bind the same port on overlapping addresses. Port 0 picks a free
     /// port, so it never collides.
     fn listeners(&mut self, l: &Listeners) {
@@ -253,6 +325,11 @@ impl Checker<'_> {
 
         // Endpoints: one per address, and per-endpoint ports only for ports the service has
         // (when all of its port names are known).
+        for (j, e) in s.endpoints.iter().enumerate() {
+            if let Some(id) = &e.identity {
+                self.spiffe_id(&format!("{path}.endpoints[{j}].identity"), id);
+            }
+        }
         let endpoints = s.endpoints.iter().enumerate();
         self.unique(
             endpoints.map(|(j, e)| (format!("{path}.endpoints[{j}].address"), e.address)),

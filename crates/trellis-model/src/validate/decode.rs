@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use super::yaml::{Mark, Node, Value};
 use super::{Problem, quoted};
-use crate::proxy::{self, App, AppPort, Endpoint, Listeners, OutboundPolicy, Protocol};
+use crate::proxy::{self, App, AppPort, Endpoint, Identity, Listeners, MtlsMode};
+use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
 pub(super) const ROOT_FIELDS: &[&str] = &[
@@ -25,6 +26,17 @@ pub(super) const ROOT_FIELDS: &[&str] = &[
     "services",
     "outbound_policy",
     "timeouts",
+    "identity",
+    "mtls",
+];
+pub(super) const IDENTITY_FIELDS: &[&str] = &[
+    "id",
+    "bundle",
+    "cert",
+    "key",
+    "ca",
+    "join_token_file",
+    "cert_ttl",
 ];
 pub(super) const NODE_FIELDS: &[&str] = &["name", "namespace", "workload"];
 pub(super) const LISTENER_FIELDS: &[&str] = &[
@@ -35,7 +47,7 @@ pub(super) const LISTENER_FIELDS: &[&str] = &[
     "mesh",
 ];
 pub(super) const APP_FIELDS: &[&str] = &["address", "ports"];
-pub(super) const APP_PORT_FIELDS: &[&str] = &["port", "protocol"];
+pub(super) const APP_PORT_FIELDS: &[&str] = &["port", "protocol", "mtls"];
 pub(super) const SERVICE_FIELDS: &[&str] = &[
     "name",
     "namespace",
@@ -46,7 +58,14 @@ pub(super) const SERVICE_FIELDS: &[&str] = &[
     "timeouts",
 ];
 pub(super) const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "target_port"];
-pub(super) const ENDPOINT_FIELDS: &[&str] = &["address", "ports", "mesh", "workload", "namespace"];
+pub(super) const ENDPOINT_FIELDS: &[&str] = &[
+    "address",
+    "ports",
+    "mesh",
+    "workload",
+    "namespace",
+    "identity",
+];
 pub(super) const TIMEOUT_FIELDS: &[&str] =
     &["detect", "header", "connect", "request", "idle", "drain"];
 
@@ -56,6 +75,11 @@ pub(super) const PROTOCOLS: &[(&str, Protocol)] = &[
     ("grpc", Protocol::Grpc),
     ("tcp", Protocol::Tcp),
     ("tls", Protocol::Tls),
+];
+pub(super) const MTLS_MODES: &[(&str, MtlsMode)] = &[
+    ("strict", MtlsMode::Strict),
+    ("permissive", MtlsMode::Permissive),
+    ("disable", MtlsMode::Disable),
 ];
 pub(super) const OUTBOUND_POLICIES: &[(&str, OutboundPolicy)] = &[
     ("allow_any", OutboundPolicy::AllowAny),
@@ -176,7 +200,35 @@ impl Decoder {
             timeouts: self
                 .optional(&f, "timeouts", |d, n, p| Some(d.timeouts(n, p)))
                 .unwrap_or_default(),
+            identity: self.optional(&f, "identity", |d, n, p| Some(d.identity(n, p))),
+            mtls: self
+                .optional(&f, "mtls", Self::mtls_mode)
+                .unwrap_or_default(),
         }
+    }
+
+    fn identity(&mut self, node: &Node, path: &str) -> Identity {
+        let f = self.fields(node, path, IDENTITY_FIELDS);
+        Identity {
+            id: self.required(&f, "id", Self::string).unwrap_or_default(),
+            bundle: self
+                .required(&f, "bundle", Self::string)
+                .unwrap_or_default()
+                .into(),
+            cert: self.optional(&f, "cert", Self::string).map(Into::into),
+            key: self.optional(&f, "key", Self::string).map(Into::into),
+            ca: self.optional(&f, "ca", Self::socket_addr),
+            join_token_file: self
+                .optional(&f, "join_token_file", Self::string)
+                .map(Into::into),
+            cert_ttl: self
+                .optional(&f, "cert_ttl", Self::duration)
+                .unwrap_or(Duration::from_secs(24 * 3600)),
+        }
+    }
+
+    fn mtls_mode(&mut self, node: &Node, path: &str) -> Option<MtlsMode> {
+        self.choice(node, path, "an mTLS mode", MTLS_MODES)
     }
 
     fn node(&mut self, node: &Node, path: &str) -> proxy::Node {
@@ -222,6 +274,7 @@ impl Decoder {
             protocol: self
                 .required(&f, "protocol", Self::protocol)
                 .unwrap_or(Protocol::Tcp),
+            mtls: self.optional(&f, "mtls", Self::mtls_mode),
         }
     }
 
@@ -275,6 +328,7 @@ impl Decoder {
             mesh: self.optional(&f, "mesh", Self::socket_addr),
             workload: self.optional(&f, "workload", Self::string),
             namespace: self.optional(&f, "namespace", Self::string),
+            identity: self.optional(&f, "identity", Self::string),
         }
     }
 

@@ -260,7 +260,7 @@ timeouts:
         &errors,
         17,
         "services[0].endpoints[0].adress",
-        "unknown field \"adress\" (expected one of: address, ports, mesh, workload, namespace)",
+        "unknown field \"adress\" (expected one of: address, ports, mesh, workload, namespace, identity)",
     );
     assert_error(
         &errors,
@@ -642,4 +642,54 @@ fn display() {
         error(Some(2), Some(1), "b"),
     ]);
     assert_eq!(errors.to_string(), "p.yaml:1:1: a: bad\np.yaml:2:1: b: bad");
+}
+
+#[test]
+fn identity_needs_one_certificate_source_and_spiffe_ids() {
+    let errors = load_err(
+        "node: { name: a }
+mtls: strict
+identity:
+  id: spiffe://cluster.local/ns/test
+  bundle: /etc/trellis/root-cert.pem
+  key: /etc/trellis/key.pem
+services:
+  - name: web
+    ports: [ { name: http, port: 80, protocol: http } ]
+    endpoints:
+      - address: 127.0.0.1
+        identity: web
+",
+    );
+    assert_error(&errors, 4, "identity.id", "is not a SPIFFE ID");
+    assert_error(&errors, 6, "identity.key", "key needs cert beside it");
+    assert_error(
+        &errors,
+        12,
+        "services[0].endpoints[0].identity",
+        "is not a SPIFFE ID",
+    );
+
+    let errors = load_err("node: { name: a }\nmtls: strict\n");
+    assert_error(&errors, 2, "mtls", "strict mTLS needs an identity");
+
+    let errors = load_err(
+        "node: { name: a }
+identity: { id: spiffe://td/ns/a/sa/b, bundle: r.pem, ca: 127.0.0.1:15010 }
+",
+    );
+    assert_error(&errors, 2, "identity.ca", "needs a join token");
+
+    let ok = load_ok(
+        "node: { name: a }
+mtls: permissive
+identity: { id: spiffe://td/ns/a/sa/b, bundle: r.pem, ca: 127.0.0.1:15010, join_token_file: t }
+app: { ports: [ { port: 80, protocol: http, mtls: disable } ] }
+",
+    );
+    assert_eq!(ok.app.ports[0].mtls, Some(crate::MtlsMode::Disable));
+    assert_eq!(
+        ok.identity.unwrap().cert_ttl,
+        std::time::Duration::from_secs(86400)
+    );
 }
