@@ -7,12 +7,15 @@
 
 mod admin;
 mod bad_input;
+mod ca_service;
 mod config;
 mod grpc;
 mod http;
+mod identity;
 mod large_body;
 mod lifecycle;
 mod metrics;
+mod mtls;
 mod streaming;
 mod transparent;
 mod tunnel;

@@ -6,7 +6,7 @@
 //! Virtual addresses are in 127.0.0.0/8 (inside the namespace's own loopback), so nothing
 //! here can reach any other host.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use trellis_test_support::{DemoApp, NetNs, ProxyProcess, run};
@@ -195,7 +195,6 @@ fn captured_tcp_port_skips_detection_and_server_first_protocol_is_not_stalled() 
 
     // Declared `http` but the client waits for the server (MySQL, SMTP): detection gives up
     // after `timeouts.detect` (300ms) and relays, so the banner still arrives.
-    let started = Instant::now();
     let (said, first) = tcp_exchange(&pod.ns, WEB_VIP, 9001, "", Duration::from_secs(3));
     assert!(
         said.starts_with("trellis-demo web tcp\r\n"),
@@ -203,7 +202,6 @@ fn captured_tcp_port_skips_detection_and_server_first_protocol_is_not_stalled() 
         pod.diagnostics()
     );
     assert!(first < Duration::from_secs(2), "banner took {first:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

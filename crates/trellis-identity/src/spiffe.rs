@@ -63,12 +63,7 @@ impl FromStr for SpiffeId {
         let (domain, path) = rest
             .split_once('/')
             .ok_or_else(|| SpiffeIdError::Shape(s.to_owned()))?;
-        let domain_ok = !domain.is_empty()
-            && domain.len() <= 255
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
-        if !domain_ok {
+        if !is_trust_domain(domain) {
             return Err(SpiffeIdError::TrustDomain {
                 id: s.to_owned(),
                 domain: domain.to_owned(),
@@ -111,6 +106,26 @@ impl fmt::Display for SpiffeId {
             self.trust_domain, self.namespace, self.service_account
         )
     }
+}
+
+/// Checks a trust domain on its own (`cluster.local`), with the same rule as in an ID.
+pub fn check_trust_domain(domain: &str) -> Result<(), SpiffeIdError> {
+    if is_trust_domain(domain) {
+        Ok(())
+    } else {
+        Err(SpiffeIdError::TrustDomain {
+            id: format!("spiffe://{domain}"),
+            domain: domain.to_owned(),
+        })
+    }
+}
+
+fn is_trust_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= 255
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
 }
 
 #[cfg(test)]

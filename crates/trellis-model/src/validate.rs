@@ -210,8 +210,8 @@ impl Checker<'_> {
                 "the first CSR needs a join token: add join_token_file (mint one with `trellis control token`)",
             );
         }
-        if id.cert_ttl < Duration::from_secs(60) {
-            self.report("identity.cert_ttl", &[], "must be at least 1m");
+        if id.cert_ttl < Duration::from_secs(10) {
+            self.report("identity.cert_ttl", &[], "must be at least 10s");
         }
     }
 

@@ -39,6 +39,10 @@ pub struct BoundAddrs {
 /// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("no identity: {0}")]
+    Identity(Box<crate::identity::IdentityError>),
+    #[error("cannot build the mesh TLS config: {0}")]
+    Tls(#[from] trellis_identity::CertError),
     #[error(
         "cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)"
     )]
@@ -53,6 +57,7 @@ pub enum BuildError {
 pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildError> {
     let listeners = config.listeners.clone();
     let connect_timeout = config.timeouts.connect;
+    let identity = config.identity.clone();
     let state = Arc::new(State::new(config));
     let metrics = Metrics::new();
     let (trigger, drain) = trellis_runtime::drain::new();
@@ -73,15 +78,6 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         mesh: opt_addr(&mesh_listener, "mesh")?,
     };
 
-    // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
-    let upstreams = Arc::new(Upstreams::new(connect_timeout));
-    let outbound = Arc::new(Outbound::new(
-        state.clone(),
-        upstreams.clone(),
-        metrics.clone(),
-    ));
-    let inbound = Arc::new(Inbound::new(state.clone(), upstreams, metrics.clone()));
-
     // Admin: health, metrics, the config in force, log level.
     let admin = {
         let metrics = metrics.clone();
@@ -96,6 +92,27 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
             })
     };
     tokio::spawn(admin.serve(admin_listener, drain.clone()));
+
+    // Identity: the proxy serves nothing on the mesh without its certificate, and is not ready
+    // until it has one (the admin server above answers /ready with 503 meanwhile).
+    let tls = match &identity {
+        Some(identity) => {
+            let creds = crate::identity::obtain(identity)
+                .await
+                .map_err(|e| BuildError::Identity(Box::new(e)))?;
+            Some(Arc::new(crate::mtls::MeshTls::new(creds)?))
+        }
+        None => None,
+    };
+
+    // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
+    let upstreams = Arc::new(Upstreams::new(connect_timeout, tls.clone()));
+    let outbound = Arc::new(Outbound::new(
+        state.clone(),
+        upstreams.clone(),
+        metrics.clone(),
+    ));
+    let inbound = Arc::new(Inbound::new(state.clone(), upstreams, metrics.clone(), tls));
 
     // Outbound: the explicit proxy and the transparent capture listener.
     if let Some(listener) = outbound_listener {

@@ -32,6 +32,8 @@ pub enum ProxyError {
     },
     #[error("connection to {addr} timed out after {timeout:?} (is the peer's proxy running?)")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("mutual TLS with {addr} failed: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -50,6 +52,8 @@ pub enum ProxyError {
         target: SocketAddr,
         status: StatusCode,
     },
+    #[error("plaintext to {target} refused: the port's mTLS mode is STRICT")]
+    MtlsRequired { target: SocketAddr },
     #[error("inbound target {target} is not a port of the local app")]
     NotAnAppPort { target: SocketAddr },
     #[error("bad request: {reason}")]
@@ -62,11 +66,12 @@ impl ProxyError {
         match self {
             Self::NoRoute { .. } => StatusCode::BAD_GATEWAY,
             Self::NoAuthority | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotAnAppPort { .. } => StatusCode::FORBIDDEN,
+            Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => StatusCode::FORBIDDEN,
             Self::NoEndpoints { .. }
             | Self::Connect { .. }
             | Self::ConnectTimeout { .. }
             | Self::Handshake { .. }
+            | Self::Tls { .. }
             | Self::Resolve { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TunnelRefused { status, .. } => *status,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -77,12 +82,15 @@ impl ProxyError {
     /// The Envoy-style response flag recorded in metrics and the access log.
     pub fn flags(&self) -> ResponseFlags {
         match self {
-            Self::NoRoute { .. } | Self::NotAnAppPort { .. } => ResponseFlags::NoRouteFound,
+            Self::NoRoute { .. } | Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => {
+                ResponseFlags::NoRouteFound
+            }
             Self::NoAuthority | Self::BadRequest { .. } => ResponseFlags::DownstreamProtocolError,
             Self::NoEndpoints { .. } => ResponseFlags::NoHealthyUpstream,
             Self::Connect { .. }
             | Self::ConnectTimeout { .. }
             | Self::Handshake { .. }
+            | Self::Tls { .. }
             | Self::Resolve { .. }
             | Self::TunnelRefused { .. } => ResponseFlags::UpstreamConnectionFailure,
             Self::Upstream { .. } => ResponseFlags::UpstreamConnectionTermination,

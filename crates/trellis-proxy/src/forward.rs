@@ -9,7 +9,12 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use trellis_identity::SpiffeId;
+
 use crate::error::ProxyError;
+use crate::mtls::MeshTls;
 use crate::pool::{Body, Connector, H1Client, H2Pool, h1_client};
 
 /// Every upstream connection the proxy holds.
@@ -23,10 +28,10 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
-        let connector = Connector;
+    pub(crate) fn new(connect_timeout: Duration, tls: Option<Arc<MeshTls>>) -> Self {
+        let connector = Connector::new(tls);
         Self {
-            connector,
+            connector: connector.clone(),
             h2: H2Pool::new(connector),
             h1: h1_client(connect_timeout),
         }
@@ -37,11 +42,12 @@ impl Upstreams {
     pub(crate) async fn send_h2(
         &self,
         addr: SocketAddr,
+        peer: Option<&SpiffeId>,
         mut req: Request<Body>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut send = self.h2.sender(addr, connect_timeout).await?;
+        let mut send = self.h2.sender(addr, peer, connect_timeout).await?;
         *req.version_mut() = Version::HTTP_2;
         // HTTP/2 carries the host in :authority; a Host header would be a second source of truth.
         req.headers_mut().remove(header::HOST);

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use trellis_model::Protocol as Declared;
+use trellis_model::{MtlsMode, Protocol as Declared};
 use trellis_runtime::DrainWatcher;
 
 use crate::detect::{Protocol, detect};
@@ -23,7 +23,8 @@ use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
 use crate::metrics::{Metrics, Reporter};
-use crate::observe::{ConnAddrs, RequestObserver, TcpObserver};
+use crate::mtls::MeshTls;
+use crate::observe::{ConnAddrs, PeerConn, RequestObserver, TcpObserver};
 use crate::orig_dst::original_dst;
 use crate::pool::{Body, empty};
 use crate::state::{Snapshot, State};
@@ -33,34 +34,105 @@ use crate::tunnel::relay;
 #[derive(Debug)]
 pub(crate) struct Inbound {
     state: Arc<State>,
+    /// This proxy's identity, when it has one: the mesh listener then accepts mutual TLS.
+    tls: Option<Arc<MeshTls>>,
     upstreams: Arc<Upstreams>,
     metrics: Metrics,
 }
 
 impl Inbound {
-    pub(crate) fn new(state: Arc<State>, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        upstreams: Arc<Upstreams>,
+        metrics: Metrics,
+        tls: Option<Arc<MeshTls>>,
+    ) -> Self {
         Self {
             state,
+            tls,
             upstreams,
             metrics,
         }
     }
 
-    /// Serve one connection from a peer proxy on the mesh transport.
+    /// Serve one connection from a peer proxy on the mesh transport: mutual TLS (the peer's
+    /// verified identity then labels every request) or, where the mTLS mode allows it,
+    /// plaintext HTTP/2.
     pub(crate) async fn serve_mesh(
         self: Arc<Self>,
         stream: TcpStream,
         client: SocketAddr,
         drain: DrainWatcher,
     ) {
+        let snapshot = self.state.load();
+        let t = snapshot.timeouts;
         let local = stream.local_addr().unwrap_or(client);
         let addrs = ConnAddrs { client, local };
+        let (protocol, io) = match detect(stream, t.detect).await {
+            Ok(detected) => detected,
+            Err(error) => {
+                tracing::debug!(%error, "mesh connection closed before it spoke");
+                return;
+            }
+        };
+        match protocol {
+            Protocol::Tls { .. } => {
+                let Some(tls) = &self.tls else {
+                    tracing::warn!(
+                        "a peer sent mutual TLS but this proxy has no identity; closing"
+                    );
+                    return;
+                };
+                let (stream, peer) = match tokio::time::timeout(t.header, tls.accept(io)).await {
+                    Ok(Ok(accepted)) => accepted,
+                    Ok(Err(reason)) => {
+                        tracing::warn!(%reason, "mutual TLS handshake with a peer failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(timeout = ?t.header, "mutual TLS handshake with a peer timed out");
+                        return;
+                    }
+                };
+                let peer = PeerConn {
+                    principal: peer.map(|id| id.to_string().into()),
+                };
+                self.serve_mesh_h2(stream, addrs, peer, &drain).await;
+            }
+            Protocol::Http2 if snapshot.plaintext_allowed() => {
+                self.serve_mesh_h2(io, addrs, PeerConn::default(), &drain)
+                    .await;
+            }
+            Protocol::Http2 => {
+                tracing::warn!(
+                    "plaintext from a peer refused: this workload's mTLS mode is STRICT"
+                );
+            }
+            Protocol::Http1 | Protocol::Opaque => {
+                tracing::debug!(
+                    protocol = protocol.as_str(),
+                    "not the mesh protocol; closing"
+                );
+            }
+        }
+    }
+
+    async fn serve_mesh_h2<I>(
+        self: &Arc<Self>,
+        io: I,
+        addrs: ConnAddrs,
+        peer: PeerConn,
+        drain: &DrainWatcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let this = self.clone();
         let service = service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(addrs, req).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(this.handle(addrs, &peer, req).await) }
         });
-        crate::serve::http2(stream, &drain, service).await;
+        crate::serve::http2(io, drain, service).await;
     }
 
     /// Serve one connection captured on its way to the app (clients outside the mesh,
@@ -202,13 +274,18 @@ impl Inbound {
                 *req.uri_mut() = crate::forward::absolute(&authority, path)?;
             }
             self.upstreams
-                .send_h2(target, req, t.connect, t.request)
+                .send_h2(target, None, req, t.connect, t.request)
                 .await
         }
     }
 
     /// One request (or CONNECT stream) from a peer proxy.
-    async fn handle(&self, addrs: ConnAddrs, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        addrs: ConnAddrs,
+        peer: &PeerConn,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
         let snapshot = self.state.load();
         let mut obs = RequestObserver::start(
             &self.metrics,
@@ -217,6 +294,7 @@ impl Inbound {
             &req,
             addrs,
         );
+        obs.set_peer(peer);
         if let Some((workload, namespace)) = req
             .headers()
             .get(TRELLIS_PEER)
@@ -233,11 +311,11 @@ impl Inbound {
         }
 
         if req.method() == Method::CONNECT {
-            return self.connect(req, obs, &snapshot).await;
+            return self.connect(req, obs, peer, &snapshot).await;
         }
 
         // Where the caller's proxy says this request is for, and in which protocol.
-        let target = match app_target(req.headers().get(TRELLIS_DST), &snapshot) {
+        let target = match app_target(req.headers().get(TRELLIS_DST), peer, &snapshot) {
             Ok(target) => target,
             Err(error) => return obs.fail(&error, Version::HTTP_2),
         };
@@ -263,6 +341,7 @@ impl Inbound {
         &self,
         mut req: Request<Incoming>,
         obs: RequestObserver,
+        peer: &PeerConn,
         snapshot: &Snapshot,
     ) -> Response<Body> {
         let target = match req
@@ -280,8 +359,8 @@ impl Inbound {
                 );
             }
         };
-        if snapshot.app_port(target).is_none() {
-            return obs.fail(&ProxyError::NotAnAppPort { target }, Version::HTTP_2);
+        if let Err(error) = admit(target, peer, snapshot) {
+            return obs.fail(&error, Version::HTTP_2);
         }
         let t = snapshot.timeouts;
         let upstream = match self.upstreams.connector.connect(target, t.connect).await {
@@ -306,9 +385,22 @@ impl Inbound {
     }
 }
 
-/// The app address named by `trellis-dst`, if it is one of the local app's ports.
+/// May this peer connection reach `target`? It must be a port of the local app, and a port
+/// whose mTLS mode is STRICT only takes mutual TLS.
+fn admit(target: SocketAddr, peer: &PeerConn, snapshot: &Snapshot) -> Result<(), ProxyError> {
+    if snapshot.app_port(target).is_none() {
+        return Err(ProxyError::NotAnAppPort { target });
+    }
+    if peer.principal.is_none() && snapshot.mtls_mode(target.port()) == MtlsMode::Strict {
+        return Err(ProxyError::MtlsRequired { target });
+    }
+    Ok(())
+}
+
+/// The app address named by `trellis-dst`, if this peer may reach it.
 fn app_target(
     value: Option<&http::HeaderValue>,
+    peer: &PeerConn,
     snapshot: &Snapshot,
 ) -> Result<SocketAddr, ProxyError> {
     let target: SocketAddr = value
@@ -317,8 +409,5 @@ fn app_target(
         .ok_or(ProxyError::BadRequest {
             reason: "mesh request without a valid trellis-dst",
         })?;
-    match snapshot.app_port(target) {
-        Some(_) => Ok(target),
-        None => Err(ProxyError::NotAnAppPort { target }),
-    }
+    admit(target, peer, snapshot).map(|()| target)
 }

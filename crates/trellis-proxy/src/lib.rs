@@ -12,8 +12,10 @@ pub mod detect;
 mod error;
 mod forward;
 mod headers;
+mod identity;
 mod inbound;
 pub mod metrics;
+mod mtls;
 mod observe;
 mod orig_dst;
 mod outbound;
@@ -25,3 +27,4 @@ mod tunnel;
 
 pub use app::{Bound, BoundAddrs, BuildError, build};
 pub use error::ProxyError;
+pub use identity::IdentityError;

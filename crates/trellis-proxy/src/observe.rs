@@ -46,6 +46,13 @@ pub(crate) struct RequestObserver {
     received: Arc<AtomicU64>,
 }
 
+/// What the inbound side knows of the peer proxy's connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerConn {
+    /// The peer's verified SPIFFE ID, when the connection is mutual TLS.
+    pub(crate) principal: Option<Arc<str>>,
+}
+
 /// Where a connection came from and arrived.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnAddrs {
@@ -69,6 +76,10 @@ impl RequestObserver {
             Reporter::Source => (me, my_ns, unknown(), unknown()),
             Reporter::Destination => (unknown(), unknown(), me, my_ns),
         };
+        let (src_principal, dst_principal) = match reporter {
+            Reporter::Source => (node.principal.clone(), unknown()),
+            Reporter::Destination => (unknown(), node.principal.clone()),
+        };
         Self {
             metrics: metrics.clone(),
             start: Instant::now(),
@@ -76,11 +87,11 @@ impl RequestObserver {
                 reporter,
                 source_workload: src,
                 source_namespace: src_ns,
-                source_principal: unknown(),
+                source_principal: src_principal,
                 destination_service: unknown(),
                 destination_workload: dst,
                 destination_namespace: dst_ns,
-                destination_principal: unknown(),
+                destination_principal: dst_principal,
                 request_protocol: if grpc {
                     RequestProtocol::Grpc
                 } else {
@@ -133,12 +144,24 @@ impl RequestObserver {
         self.labels.destination_service = fqdn;
     }
 
-    /// The destination chosen by routing (outbound side).
-    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo) {
+    /// The destination chosen by routing (outbound side), reached over mutual TLS or not.
+    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo, mtls: bool) {
         self.labels.destination_service = dest.fqdn.clone();
         self.labels.destination_workload = ep.workload.clone();
         self.labels.destination_namespace = ep.namespace.clone();
+        if mtls {
+            self.labels.destination_principal = ep.principal.clone();
+            self.labels.connection_security_policy = SecurityPolicy::MutualTls;
+        }
         self.upstream = Some(ep.mesh.unwrap_or(ep.target));
+    }
+
+    /// The peer proxy's connection (inbound side): its verified identity when it used mTLS.
+    pub(crate) fn set_peer(&mut self, peer: &PeerConn) {
+        if let Some(principal) = &peer.principal {
+            self.labels.source_principal = principal.clone();
+            self.labels.connection_security_policy = SecurityPolicy::MutualTls;
+        }
     }
 
     pub(crate) fn set_upstream(&mut self, addr: SocketAddr) {
@@ -325,15 +348,19 @@ impl TcpObserver {
             Reporter::Source => (me, my_ns, unknown(), unknown()),
             Reporter::Destination => (unknown(), unknown(), me, my_ns),
         };
+        let (src_principal, dst_principal) = match reporter {
+            Reporter::Source => (node.principal.clone(), unknown()),
+            Reporter::Destination => (unknown(), node.principal.clone()),
+        };
         let labels = TcpLabels {
             reporter,
             source_workload: src,
             source_namespace: src_ns,
-            source_principal: unknown(),
+            source_principal: src_principal,
             destination_service: unknown(),
             destination_workload: dst,
             destination_namespace: dst_ns,
-            destination_principal: unknown(),
+            destination_principal: dst_principal,
             response_flags: ResponseFlags::None,
             connection_security_policy: match reporter {
                 Reporter::Source => SecurityPolicy::Unknown,
@@ -356,10 +383,14 @@ impl TcpObserver {
         self.sni = sni;
     }
 
-    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo) {
+    pub(crate) fn set_destination(&mut self, dest: &Destination, ep: &EndpointInfo, mtls: bool) {
         self.labels.destination_service = dest.fqdn.clone();
         self.labels.destination_workload = ep.workload.clone();
         self.labels.destination_namespace = ep.namespace.clone();
+        if mtls {
+            self.labels.destination_principal = ep.principal.clone();
+            self.labels.connection_security_policy = SecurityPolicy::MutualTls;
+        }
         self.upstream = Some(ep.mesh.unwrap_or(ep.target));
     }
 

@@ -30,6 +30,7 @@ use crate::orig_dst::original_dst;
 use crate::pool::{Body, empty};
 use crate::state::{Destination, Snapshot, State};
 use crate::tunnel::{self, relay};
+use trellis_identity::SpiffeId;
 
 /// The outbound side of one proxy.
 #[derive(Debug)]
@@ -50,12 +51,15 @@ struct ConnCtx {
 }
 
 /// Where a request goes: the endpoint's app address and, in the mesh, its proxy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Route {
     target: SocketAddr,
     mesh: Option<SocketAddr>,
     /// The endpoint speaks HTTP/2 (declared `http2`/`grpc`), when reached directly.
     h2: bool,
+    /// The identity the endpoint's proxy must prove: with it (and an identity of our own) the
+    /// mesh connection is mutual TLS.
+    identity: Option<Arc<SpiffeId>>,
 }
 
 impl Outbound {
@@ -201,13 +205,14 @@ impl Outbound {
             Err(error) => return obs.fail(&error, ctx.version),
         };
         let timeouts = dest.as_ref().map_or(timeouts, |d| d.timeouts);
-        match (&dest, route.mesh) {
-            (Some(d), _) => {
+        match &dest {
+            Some(d) => {
                 if let Some(ep) = d.endpoints.iter().find(|e| e.target == route.target) {
-                    obs.set_destination(d, ep);
+                    let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
+                    obs.set_destination(d, ep, mtls);
                 }
             }
-            (None, _) => obs.set_upstream(route.target),
+            None => obs.set_upstream(route.target),
         }
 
         // 2. CONNECT: a tunnel, answered here once the far end is reachable.
@@ -217,7 +222,7 @@ impl Outbound {
                     req,
                     obs,
                     dest.as_deref(),
-                    route,
+                    &route,
                     &snapshot,
                     timeouts,
                     ctx.version,
@@ -240,15 +245,22 @@ impl Outbound {
         // 4. Send it.
         let result = match downstream_upgrade {
             Some(downstream) => {
-                self.upgrade(req, downstream, route, dest.as_deref(), &snapshot, timeouts)
-                    .await
+                self.upgrade(
+                    req,
+                    downstream,
+                    &route,
+                    dest.as_deref(),
+                    &snapshot,
+                    timeouts,
+                )
+                .await
             }
             None => {
                 if let Some(d) = &dest {
                     req.headers_mut()
                         .insert(TRELLIS_SERVICE, d.service_header.clone());
                 }
-                self.forward(req, ctx, route, &snapshot, timeouts).await
+                self.forward(req, ctx, &route, &snapshot, timeouts).await
             }
         };
         obs.respond(result, ctx.version)
@@ -272,6 +284,7 @@ impl Outbound {
                 target: ep.target,
                 mesh: ep.mesh,
                 h2,
+                identity: ep.identity.clone(),
             });
         }
         if snapshot.outbound_policy == OutboundPolicy::RegistryOnly {
@@ -285,6 +298,7 @@ impl Outbound {
             target,
             mesh: None,
             h2: version == Version::HTTP_2,
+            identity: None,
         })
     }
 
@@ -293,7 +307,7 @@ impl Outbound {
         &self,
         mut req: Request<Body>,
         ctx: ConnCtx,
-        route: Route,
+        route: &Route,
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -319,7 +333,7 @@ impl Outbound {
                 );
                 h.insert(TRELLIS_PEER, snapshot.node.peer_header.clone());
                 self.upstreams
-                    .send_h2(peer, req, t.connect, t.request)
+                    .send_h2(peer, route.identity.as_deref(), req, t.connect, t.request)
                     .await
             }
             None => {
@@ -327,7 +341,7 @@ impl Outbound {
                 if route.h2 || ctx.version == Version::HTTP_2 {
                     *req.uri_mut() = absolute(&authority, path)?;
                     self.upstreams
-                        .send_h2(route.target, req, t.connect, t.request)
+                        .send_h2(route.target, None, req, t.connect, t.request)
                         .await
                 } else {
                     self.upstreams.send_h1(route.target, req, t.request).await
@@ -342,7 +356,7 @@ impl Outbound {
         &self,
         mut req: Request<Body>,
         downstream: hyper::upgrade::OnUpgrade,
-        route: Route,
+        route: &Route,
         dest: Option<&Destination>,
         snapshot: &Snapshot,
         t: Timeouts,
@@ -402,7 +416,7 @@ impl Outbound {
         mut req: Request<Incoming>,
         obs: RequestObserver,
         dest: Option<&Destination>,
-        route: Route,
+        route: &Route,
         snapshot: &Snapshot,
         t: Timeouts,
         version: Version,
@@ -448,18 +462,17 @@ impl Outbound {
     /// A byte stream to the route's endpoint: a `CONNECT` stream through its proxy, or TCP.
     async fn open_tunnel(
         &self,
-        route: Route,
+        route: &Route,
         dest: Option<&Destination>,
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<tunnel::Tunnel, ProxyError> {
-        let up = &self.upstreams;
         let service = dest.map(|d| &d.service_header);
         tunnel::open(
-            &up.connector,
-            &up.h2,
+            &self.upstreams,
             route.target,
             route.mesh,
+            route.identity.as_deref(),
             t.connect,
             &snapshot.node.peer_header,
             service,
@@ -481,11 +494,12 @@ impl Outbound {
         let mut obs = TcpObserver::start(&self.metrics, Reporter::Source, &snapshot.node, addrs);
         obs.set_sni(sni);
         let dest = snapshot.by_addr(dst);
-        let (target, mesh) = match dest {
+        let (target, mesh, identity) = match dest {
             Some(d) => match d.pick() {
                 Some(ep) => {
-                    obs.set_destination(d, ep);
-                    (ep.target, ep.mesh)
+                    let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
+                    obs.set_destination(d, ep, mtls);
+                    (ep.target, ep.mesh, ep.identity.clone())
                 }
                 None => {
                     return obs.fail(&ProxyError::NoEndpoints {
@@ -500,7 +514,7 @@ impl Outbound {
             }
             None => {
                 obs.set_upstream(dst);
-                (dst, None)
+                (dst, None, None)
             }
         };
         let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
@@ -508,9 +522,10 @@ impl Outbound {
             target,
             mesh,
             h2: false,
+            identity,
         };
         match self
-            .open_tunnel(route, dest.map(|d| &**d), snapshot, t)
+            .open_tunnel(&route, dest.map(|d| &**d), snapshot, t)
             .await
         {
             Ok(tunnel) => {

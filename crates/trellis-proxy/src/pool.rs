@@ -19,7 +19,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use trellis_identity::SpiffeId;
+
 use crate::error::ProxyError;
+use crate::mtls::{MeshStream, MeshTls};
 
 /// Errors carried inside bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,11 +48,45 @@ pub(crate) fn full(text: impl Into<Bytes>) -> Body {
     boxed(http_body_util::Full::new(text.into()))
 }
 
-/// Opens transport connections. mTLS will wrap the stream returned here.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Connector;
+/// Opens transport connections: plain TCP to apps and destinations outside the mesh, mutual
+/// TLS to peer proxies whose identity is known (auto mTLS).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Connector {
+    tls: Option<Arc<MeshTls>>,
+}
 
 impl Connector {
+    pub(crate) fn new(tls: Option<Arc<MeshTls>>) -> Self {
+        Self { tls }
+    }
+
+    /// Would a connection to a peer with this identity be mutual TLS?
+    pub(crate) fn uses_tls(&self, peer: Option<&SpiffeId>) -> bool {
+        self.tls.is_some() && peer.is_some()
+    }
+
+    /// Connect to a peer proxy (or an HTTP/2 app): mutual TLS when the peer's identity is known
+    /// and this proxy has one, checking the peer proves it; plaintext otherwise. `timeout`
+    /// covers the TCP connect and the handshake.
+    pub(crate) async fn connect_mesh(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&SpiffeId>,
+        timeout: Duration,
+    ) -> Result<MeshStream, ProxyError> {
+        let connect = async {
+            let tcp = self.connect(addr, timeout).await?;
+            match (&self.tls, peer) {
+                (Some(tls), Some(expected)) => tls.connect(tcp, addr, expected).await,
+                _ => Ok(MeshStream::Plain(tcp)),
+            }
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::ConnectTimeout { addr, timeout }),
+        }
+    }
+
     /// Connect to `addr` within `timeout`.
     pub(crate) async fn connect(
         &self,
@@ -74,7 +111,7 @@ impl Connector {
 /// allocation; concurrent first requests share one connection attempt.
 #[derive(Debug, Default)]
 pub(crate) struct H2Pool {
-    connector: Connector,
+    pub(crate) connector: Connector,
     peers: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
 }
 
@@ -92,10 +129,12 @@ impl H2Pool {
         }
     }
 
-    /// A sender on the live connection to `addr`, connecting if there is none.
+    /// A sender on the live connection to `addr`, connecting if there is none (with mutual
+    /// TLS when `peer`, the identity it must prove, is known).
     pub(crate) async fn sender(
         &self,
         addr: SocketAddr,
+        peer: Option<&SpiffeId>,
         connect_timeout: Duration,
     ) -> Result<SendRequest<Body>, ProxyError> {
         let slot = {
@@ -110,7 +149,11 @@ impl H2Pool {
         if let Some(send) = live(&slot) {
             return Ok(send);
         }
-        let io = self.connector.connect(addr, connect_timeout).await?;
+        let io = self
+            .connector
+            .connect_mesh(addr, peer, connect_timeout)
+            .await?;
+        let tls = io.is_tls();
         let (send, conn) = h2_client()
             .handshake(TokioIo::new(io))
             .await
@@ -121,7 +164,7 @@ impl H2Pool {
             }
         });
         slot.current.store(Some(Arc::new(send.clone())));
-        tracing::debug!(peer.addr = %addr, "HTTP/2 connection opened");
+        tracing::debug!(peer.addr = %addr, tls, "HTTP/2 connection opened");
         Ok(send)
     }
 }

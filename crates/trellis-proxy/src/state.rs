@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use trellis_model::{OutboundPolicy, Protocol, ProxyConfig, Timeouts};
+use trellis_identity::SpiffeId;
+use trellis_model::{MtlsMode, OutboundPolicy, Protocol, ProxyConfig, Timeouts};
 
 use crate::balance::{Balancer, RoundRobin};
 
@@ -27,8 +28,10 @@ pub(crate) struct Snapshot {
     by_host: HashMap<String, Vec<(u16, Arc<Destination>)>>,
     /// Services by virtual address and port (transparent capture).
     by_addr: HashMap<SocketAddr, Arc<Destination>>,
-    /// The local app's ports and their protocols (inbound side).
-    app_ports: HashMap<u16, Protocol>,
+    /// The local app's ports: their protocols and mTLS modes (inbound side).
+    app_ports: HashMap<u16, (Protocol, MtlsMode)>,
+    /// True when some port takes plaintext from peers (the mode is not STRICT everywhere).
+    plaintext_allowed: bool,
     pub(crate) app_address: IpAddr,
     pub(crate) outbound_policy: OutboundPolicy,
     pub(crate) timeouts: Timeouts,
@@ -41,6 +44,8 @@ pub(crate) struct NodeInfo {
     pub(crate) namespace: Arc<str>,
     /// This proxy's `trellis-peer` header value.
     pub(crate) peer_header: HeaderValue,
+    /// This proxy's SPIFFE ID as a metrics label (`unknown` without an identity).
+    pub(crate) principal: Arc<str>,
 }
 
 /// One port of one service: what a request is routed to.
@@ -65,6 +70,10 @@ pub(crate) struct EndpointInfo {
     pub(crate) mesh: Option<SocketAddr>,
     pub(crate) workload: Arc<str>,
     pub(crate) namespace: Arc<str>,
+    /// The SPIFFE ID its proxy must prove (secure naming); `None` outside the mesh.
+    pub(crate) identity: Option<Arc<SpiffeId>>,
+    /// `identity` as a metrics label.
+    pub(crate) principal: Arc<str>,
 }
 
 impl State {
@@ -102,6 +111,12 @@ impl Snapshot {
                         mesh: ep.mesh,
                         workload: ep.workload.as_deref().unwrap_or("unknown").into(),
                         namespace: ep.namespace.as_deref().unwrap_or(&svc.namespace).into(),
+                        identity: ep
+                            .identity
+                            .as_deref()
+                            .and_then(parse_identity)
+                            .map(Arc::new),
+                        principal: ep.identity.as_deref().unwrap_or("unknown").into(),
                     })
                     .collect();
                 let dest = Arc::new(Destination {
@@ -124,21 +139,31 @@ impl Snapshot {
                 }
             }
         }
-        let app_ports = config
+        let app_ports: HashMap<u16, (Protocol, MtlsMode)> = config
             .app
             .ports
             .iter()
-            .map(|p| (p.port, p.protocol))
+            .map(|p| (p.port, (p.protocol, p.mtls.unwrap_or(config.mtls))))
             .collect();
+        let plaintext_allowed = config.mtls != MtlsMode::Strict
+            || app_ports
+                .values()
+                .any(|(_, mode)| *mode != MtlsMode::Strict);
         Self {
             node: NodeInfo {
                 workload: config.workload().into(),
                 namespace: config.node.namespace.as_str().into(),
                 peer_header: crate::headers::peer_value(config.workload(), &config.node.namespace),
+                principal: config
+                    .identity
+                    .as_ref()
+                    .map_or("unknown", |i| i.id.as_str())
+                    .into(),
             },
             by_host,
             by_addr,
             app_ports,
+            plaintext_allowed,
             app_address: config.app.address,
             outbound_policy: config.outbound_policy,
             timeouts: config.timeouts,
@@ -170,7 +195,21 @@ impl Snapshot {
         if !local {
             return None;
         }
-        self.app_ports.get(&target.port()).copied()
+        self.app_ports
+            .get(&target.port())
+            .map(|(protocol, _)| *protocol)
+    }
+
+    /// The mTLS mode of a local app port (the workload's, unless the port has its own).
+    pub(crate) fn mtls_mode(&self, port: u16) -> MtlsMode {
+        self.app_ports
+            .get(&port)
+            .map_or(self.config.mtls, |(_, mode)| *mode)
+    }
+
+    /// Does any port take plaintext from peers?
+    pub(crate) fn plaintext_allowed(&self) -> bool {
+        self.plaintext_allowed
     }
 }
 
@@ -180,5 +219,17 @@ impl Destination {
         self.balancer
             .pick(self.endpoints.len())
             .and_then(|i| self.endpoints.get(i))
+    }
+}
+
+/// A SPIFFE ID from the config (validated in shape by the model; a full parse failure means the
+/// endpoint is treated as outside the mesh, with a warning).
+fn parse_identity(id: &str) -> Option<SpiffeId> {
+    match id.parse() {
+        Ok(id) => Some(id),
+        Err(error) => {
+            tracing::warn!(%error, "endpoint identity ignored; the endpoint is reached in plaintext");
+            None
+        }
     }
 }

@@ -15,9 +15,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use trellis_identity::SpiffeId;
+
 use crate::error::ProxyError;
+use crate::forward::Upstreams;
 use crate::headers::{TRELLIS_PEER, TRELLIS_SERVICE};
-use crate::pool::{Connector, H2Pool, empty};
+use crate::pool::empty;
 
 /// A stream to a destination.
 #[derive(Debug)]
@@ -31,20 +34,23 @@ pub(crate) enum Tunnel {
 /// Open a stream to `target`: through the proxy at `mesh` when the destination is in the mesh,
 /// directly otherwise. `peer` names the calling workload for the far side's telemetry.
 pub(crate) async fn open(
-    connector: &Connector,
-    pool: &H2Pool,
+    upstreams: &Upstreams,
     target: SocketAddr,
     mesh: Option<SocketAddr>,
+    identity: Option<&SpiffeId>,
     connect_timeout: Duration,
     peer: &http::HeaderValue,
     service: Option<&http::HeaderValue>,
 ) -> Result<Tunnel, ProxyError> {
     let Some(proxy) = mesh else {
         return Ok(Tunnel::Tcp(
-            connector.connect(target, connect_timeout).await?,
+            upstreams.connector.connect(target, connect_timeout).await?,
         ));
     };
-    let mut send = pool.sender(proxy, connect_timeout).await?;
+    let mut send = upstreams
+        .h2
+        .sender(proxy, identity, connect_timeout)
+        .await?;
     let uri: Uri = target
         .to_string()
         .parse()

@@ -18,6 +18,7 @@
 
 pub mod chain;
 pub mod client;
+pub mod control;
 pub mod curl;
 pub mod demo;
 pub mod dir;
@@ -32,6 +33,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use chain::{Chain, ChainBuilder, NAMESPACE, ServiceSpec, Target};
+pub use control::ControlProcess;
 pub use curl::{Curl, CurlOutput};
 pub use demo::{DemoApp, DemoOptions};
 pub use dir::TestDir;

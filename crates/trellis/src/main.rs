@@ -1,5 +1,8 @@
 //! `trellis`: the service mesh in one binary. Each subcommand lives in its own module.
 
+mod ca;
+mod cert;
+mod control;
 mod demo_app;
 mod proxy;
 
@@ -19,6 +22,12 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Run the small HTTP/TCP service the demo and the tests use.
     DemoApp(demo_app::DemoAppArgs),
+    /// Manage the mesh CA: init, issue, rotate, retire.
+    Ca(ca::CaArgs),
+    /// Inspect certificates in human terms.
+    Cert(cert::CertArgs),
+    /// Run the control plane (the mesh CA's signing service); `control token` mints join tokens.
+    Control(control::ControlArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +45,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Ca(args) => ca::run(args).await,
+            Command::Cert(args) => cert::run(args).await,
+            Command::Control(args) => control::run(args).await,
             Command::DemoApp(args) => {
                 trellis_runtime::init_tracing(trellis_runtime::TracingOptions::default())?;
                 demo_app::run(args)
