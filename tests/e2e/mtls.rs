@@ -331,13 +331,47 @@ services:
     let line = b.wait_access_log("first GET", |l| log_str(l, "path") == "/headers");
     assert_eq!(log_str(&line, "source_principal"), id("client"), "{line}");
 
-    // Half of 12 s (± jitter) later both proxies have renewed; traffic keeps flowing.
+    // A steady stream of requests while, half of 12 s (± jitter) later, both proxies renew.
+    let outbound = a.outbound();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = trellis_test_support::http_request(
+                    outbound,
+                    "GET",
+                    "http://web.test/status/200",
+                    &[],
+                    b"",
+                );
+                if r.status == 200 {
+                    ok += 1
+                } else {
+                    failed.push(r.status)
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
     for p in [&a, &b] {
         let renewed = trellis_test_support::wait_until(Duration::from_secs(20), || {
             p.stderr().contains("certificate renewed").then_some(())
         });
         assert!(renewed.is_some(), "no renewal:\n{}", p.diagnostics());
     }
+    // Keep going a moment past the renewals, then stop.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = stream.join().expect("request thread");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during renewal: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 50, "only {ok} requests ran during the renewal window");
     let out = get(&a);
     assert_eq!(
         out.code,
@@ -355,4 +389,138 @@ services:
         })
         .unwrap_or_default();
     assert!(!names.iter().any(|n| n.contains("key")), "{names:?}");
+}
+
+/// openssl, the tool operators trust, against a STRICT mesh port: without a client
+/// certificate, with one from another CA, and with an expired one, the handshake fails and the
+/// proxy logs why in plain words; with a good one it succeeds.
+#[test]
+fn openssl_s_client_against_a_strict_port() {
+    if !trellis_test_support::require_tool("openssl") {
+        return;
+    }
+    let pki = Pki::new();
+    let t = trellis();
+    let d = pki.dir.path().to_path_buf();
+    // Another CA, and a certificate from ours that expires in 2 s.
+    let mut init = t.command();
+    init.args(["ca", "init", "--dir"]).arg(d.join("foreign-ca"));
+    assert!(
+        run("ca init", init, Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let issue = |ca: &str, sa: &str, out: &str, ttl: &str| {
+        let mut c = t.command();
+        c.args(["ca", "issue", "--dir"])
+            .arg(d.join(ca))
+            .args(["--id", &id(sa), "--ttl", ttl, "--out"])
+            .arg(d.join(out));
+        assert!(run("ca issue", c, Duration::from_secs(30)).status.success());
+    };
+    issue("foreign-ca", "client", "foreign", "1h");
+    issue("ca", "client", "short", "2s");
+    let app = DemoApp::start(&t, "web");
+    let b = server(&pki, &app, "strict");
+    let mesh = b.mesh().to_string();
+
+    let s_client = |cert: Option<&str>| -> String {
+        let mut c = std::process::Command::new("openssl");
+        c.args([
+            "s_client", "-ign_eof", "-connect", &mesh, "-alpn", "h2", "-CAfile",
+        ])
+        .arg(d.join("ca/root-cert.pem"));
+        if let Some(dir) = cert {
+            c.arg("-cert")
+                .arg(d.join(dir).join("cert.pem"))
+                .arg("-cert_chain")
+                .arg(d.join(dir).join("cert-chain.pem"))
+                .arg("-key")
+                .arg(d.join(dir).join("key.pem"));
+        }
+        let out = trellis_test_support::run_with_input(
+            "openssl s_client",
+            c,
+            b"x".to_vec(),
+            Duration::from_secs(20),
+        );
+        format!("{}{}", out.stdout_text(), out.stderr)
+    };
+    // The server's alert, or the reset that can overtake it when the client had sent data.
+    let refused = |out: &str| out.contains("alert") || out.contains("unexpected eof");
+    let logged = |reason: &str| {
+        trellis_test_support::wait_until(Duration::from_secs(10), || {
+            b.stderr().contains(reason).then_some(())
+        })
+        .is_some()
+    };
+
+    let out = s_client(None);
+    assert!(refused(&out), "{out}");
+    assert!(logged("peer sent no certificates"), "{}", b.diagnostics());
+
+    let out = s_client(Some("foreign"));
+    assert!(refused(&out), "{out}");
+    assert!(
+        logged("peer certificate signed by unknown authority"),
+        "{}",
+        b.diagnostics()
+    );
+
+    let out = s_client(Some("client"));
+    assert!(
+        out.contains("Verification: OK") && !out.contains("alert"),
+        "{out}"
+    );
+
+    // Present the 2 s certificate until it has expired (certificate times have one-second
+    // resolution, so openssl and the proxy may disagree for a moment at the boundary).
+    let refused_expired = trellis_test_support::wait_until(Duration::from_secs(15), || {
+        let out = s_client(Some("short"));
+        (refused(&out) && b.stderr().contains("peer certificate expired")).then_some(out)
+    });
+    assert!(refused_expired.is_some(), "{}", b.diagnostics());
+}
+
+/// After `trellis ca rotate`, the bundle holds the old and the new root: a workload with a
+/// certificate from the old chain and one with a certificate from the new chain still talk.
+#[test]
+fn root_rotation_keeps_traffic_flowing() {
+    if !trellis_test_support::require_tool("curl") {
+        return;
+    }
+    let pki = Pki::new(); // client, web, other: issued under the first root
+    let t = trellis();
+    let d = pki.dir.path();
+    let mut rotate = t.command();
+    rotate.args(["ca", "rotate", "--dir"]).arg(d.join("ca"));
+    let out = run("ca rotate", rotate, Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    // web gets a certificate from the new chain.
+    let mut issue = t.command();
+    issue
+        .args(["ca", "issue", "--force", "--dir"])
+        .arg(d.join("ca"))
+        .args(["--id", &id("web"), "--out"])
+        .arg(d.join("web"));
+    assert!(
+        run("ca issue", issue, Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let bundle = std::fs::read_to_string(d.join("ca/root-cert.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+
+    let app = DemoApp::start(&t, "web");
+    let b = server(&pki, &app, "strict"); // new chain, both roots
+    let a = client(&pki, &app, &b, Some("client"), Some("web")); // old chain, both roots
+    let out = get(&a);
+    assert_eq!(
+        out.code,
+        200,
+        "{}{}{}",
+        out.describe(),
+        a.diagnostics(),
+        b.diagnostics()
+    );
 }
