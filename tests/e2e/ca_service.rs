@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
@@ -27,9 +26,7 @@ use trellis_identity::{
     Credentials, SpiffeId, TrustBundle, WorkloadCert, WorkloadKey, bootstrap_client_config,
     client_config,
 };
-use trellis_test_support::{
-    CommandOutput, Metrics, Process, TestDir, http_request, require_tool, run, wait_until,
-};
+use trellis_test_support::{CommandOutput, ControlProcess, TestDir, require_tool, run};
 
 use crate::trellis;
 
@@ -37,13 +34,6 @@ const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const DB: &str = "spiffe://cluster.local/ns/shop/sa/db";
 const CONTROL: &str = "spiffe://cluster.local/ns/trellis-system/sa/trellis-control";
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A running `trellis control` on ports chosen by the kernel.
-struct Control {
-    process: Process,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-}
 
 /// A workload's side of one request: its key (never sent) and what the CA answered.
 struct Answer {
@@ -79,57 +69,6 @@ fn path(p: &Path) -> &str {
 
 fn id(s: &str) -> SpiffeId {
     s.parse().expect("valid SPIFFE ID")
-}
-
-impl Control {
-    fn start(dir: &TestDir, ca: &Path) -> Control {
-        let ready = dir.join("control-ready.json");
-        let mut command = trellis().command();
-        command.args([
-            "control",
-            "--ca-dir",
-            path(ca),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--ready-file",
-            path(&ready),
-        ]);
-        let mut process = Process::spawn("control", command);
-        let json: Value = wait_until(DEADLINE, || {
-            if let Some(status) = process.try_exit() {
-                panic!(
-                    "trellis control exited with {status} before it was ready\n{}",
-                    process.stderr_tail(40)
-                );
-            }
-            serde_json::from_str(&std::fs::read_to_string(&ready).ok()?).ok()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "trellis control not ready after {DEADLINE:?}\n{}",
-                process.stderr_tail(40)
-            )
-        });
-        let addr = |name: &str| -> SocketAddr {
-            json[name]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("ready file has no {name} address: {json}"))
-        };
-        Control {
-            grpc: addr("grpc"),
-            admin: addr("admin"),
-            process,
-        }
-    }
-
-    fn metrics(&self) -> Metrics {
-        let response = http_request(self.admin, "GET", "/metrics", &[], b"");
-        assert_eq!(response.status, 200, "{}", response.text());
-        Metrics::parse(&response.text())
-    }
 }
 
 /// Asks the control plane at `addr` for a certificate for `csr_id`, over TLS configured by
@@ -247,7 +186,7 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
     let dir = TestDir::new("ca-service");
     let ca = dir.join("ca");
     trellis_ok(&["ca", "init", "--dir", path(&ca)]);
-    let control = Control::start(&dir, &ca);
+    let control = ControlProcess::start(&trellis(), &ca, &[]);
     let roots = ca.join("root-cert.pem");
     let bundle = TrustBundle::from_pem_file(&roots).expect("root-cert.pem");
 
@@ -270,10 +209,10 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
 
     // Bootstrap: no client certificate; the server must be the control plane.
     let bootstrap = bootstrap_client_config(bundle.clone(), &id(CONTROL)).expect("tls");
-    let first = ask(control.grpc, bootstrap.clone(), WEB, &token).unwrap_or_else(|status| {
+    let first = ask(control.grpc(), bootstrap.clone(), WEB, &token).unwrap_or_else(|status| {
         panic!(
             "bootstrap refused: {status:?}\n{}",
-            control.process.stderr_tail(30)
+            control.process().stderr_tail(30)
         )
     });
     assert_eq!(first.cert().id(), &id(WEB));
@@ -286,7 +225,7 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
     assert!(!text.contains("DNS:"), "{text}");
 
     // A CSR for another identity than the token's is refused, saying so.
-    let status = ask(control.grpc, bootstrap.clone(), DB, &token)
+    let status = ask(control.grpc(), bootstrap.clone(), DB, &token)
         .err()
         .expect("a CSR for db with web's token must be refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -296,7 +235,7 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
     );
 
     // No token and no certificate: told how to get a token.
-    let status = ask(control.grpc, bootstrap, WEB, "")
+    let status = ask(control.grpc(), bootstrap, WEB, "")
         .err()
         .expect("no credential must be refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -309,10 +248,10 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
     // Renewal: the current certificate over mutual TLS, no token.
     let creds = Credentials::new(first.cert(), bundle);
     let renewal = client_config(&creds, &id(CONTROL)).expect("tls");
-    let renewed = ask(control.grpc, renewal, WEB, "").unwrap_or_else(|status| {
+    let renewed = ask(control.grpc(), renewal, WEB, "").unwrap_or_else(|status| {
         panic!(
             "renewal refused: {status:?}\n{}",
-            control.process.stderr_tail(30)
+            control.process().stderr_tail(30)
         )
     });
     assert_eq!(renewed.cert().id(), &id(WEB));
@@ -321,12 +260,12 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
 
     // The control plane logged each issuance and counted everything.
     let logged = control
-        .process
+        .process()
         .stderr_lines()
         .iter()
         .filter(|line| line.contains("certificate issued") && line.contains(WEB))
         .count();
-    assert_eq!(logged, 2, "{}", control.process.stderr_tail(30));
+    assert_eq!(logged, 2, "{}", control.process().stderr_tail(30));
     let metrics = control.metrics();
     let dump = metrics.dump("trellis_ca_");
     let issued = |credential: &str| {
@@ -343,7 +282,7 @@ fn join_token_then_renewal_gives_certificates_openssl_verifies() {
     assert_eq!(refused("no_credential"), 1.0, "{dump}");
 
     // SIGTERM drains and exits 0.
-    let mut process = control.process;
+    let mut process = control.into_process();
     process.signal("TERM");
     let status = process.wait_exit(Duration::from_secs(15));
     assert_eq!(

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::dir::TestDir;
+use crate::metrics::Metrics;
 use crate::process::{Process, run};
 use crate::proxy::{STARTUP, Trellis};
+use crate::raw::http_request;
 use crate::wait::wait_until;
 
 /// A running `trellis control --ca-dir DIR` on kernel-chosen ports.
@@ -71,6 +73,18 @@ impl ControlProcess {
 
     pub fn process(&self) -> &Process {
         &self.process
+    }
+
+    /// The process itself, e.g. to signal it and wait for its exit.
+    pub fn into_process(self) -> Process {
+        self.process
+    }
+
+    /// The control plane's `/metrics`, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let response = http_request(self.admin, "GET", "/metrics", &[], b"");
+        assert_eq!(response.status, 200, "{}", response.text());
+        Metrics::parse(&response.text())
     }
 
     /// Mints a join token for `id` with `trellis control token`.
