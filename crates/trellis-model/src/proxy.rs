@@ -39,6 +39,11 @@ pub struct ProxyConfig {
     /// port's own `mtls` wins for traffic to that port.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// The control plane's discovery service. With it, everything but `node`, `listeners`,
+    /// `identity` and `control` comes from the control plane (this file is the bootstrap), and
+    /// the proxy is ready once the first config has been applied.
+    #[serde(default)]
+    pub control: Option<SocketAddr>,
 }
 
 /// Where this proxy's certificate comes from, and what it trusts.

@@ -164,6 +164,13 @@ fn check(decoded: &Decoded) -> Vec<Problem> {
     if let Some(identity) = &config.identity {
         c.identity(identity);
     }
+    if config.control.is_some() && config.identity.is_none() {
+        c.report(
+            "control",
+            &[],
+            "the control plane knows proxies by their certificate: add an `identity` section",
+        );
+    }
     if config.mtls == MtlsMode::Strict && config.identity.is_none() {
         c.report(
             "mtls",

@@ -28,6 +28,7 @@ pub(super) const ROOT_FIELDS: &[&str] = &[
     "timeouts",
     "identity",
     "mtls",
+    "control",
 ];
 pub(super) const IDENTITY_FIELDS: &[&str] = &[
     "id",
@@ -204,6 +205,7 @@ impl Decoder {
             mtls: self
                 .optional(&f, "mtls", Self::mtls_mode)
                 .unwrap_or_default(),
+            control: self.optional(&f, "control", Self::socket_addr),
         }
     }
 
