@@ -81,10 +81,11 @@ struct AccessLogLayer<W> {
     make_writer: W,
 }
 
-/// Collects an event's fields as JSON values, in the order they were recorded.
-#[derive(Default)]
-struct JsonFields {
-    fields: Vec<(&'static str, serde_json::Value)>,
+/// Writes an event's fields as JSON members straight into the line being built, in the order
+/// they were recorded: no intermediate values, so a line costs no allocation once the
+/// thread's buffer has grown (an access log line is written for every request).
+struct JsonLine<'a> {
+    line: &'a mut Vec<u8>,
 }
 
 /// Installs the process-wide logger: stderr log plus, if enabled, the stdout access log.
@@ -235,101 +236,151 @@ where
     W: for<'w> MakeWriter<'w> + 'static,
 {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut fields = JsonFields::default();
-        event.record(&mut fields);
-
-        let mut timestamp = String::new();
-        let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
-        let has_own_timestamp = fields.fields.iter().any(|(name, _)| *name == "timestamp");
-
-        // One buffer, one write: concurrent lines never interleave.
-        let mut line = Vec::with_capacity(256);
-        line.push(b'{');
-        let mut first = true;
-        if !has_own_timestamp {
-            push_member(&mut line, &mut first, "timestamp", &timestamp.into());
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
         }
-        for (name, value) in &fields.fields {
-            push_member(&mut line, &mut first, name, value);
-        }
-        line.extend_from_slice(b"}\n");
-        // Nowhere to report a failed log write; dropping the line is the only option.
-        let _ = self
-            .make_writer
-            .make_writer_for(event.metadata())
-            .write_all(&line);
+        LINE.with(|cell| {
+            // A subscriber may be re-entered from inside a write: never panic on the borrow.
+            let Ok(mut line) = cell.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            line.extend_from_slice(b"{\"timestamp\":\"");
+            let _ = SystemTime.format_time(&mut Writer::new(&mut Escaped(&mut line)));
+            line.push(b'"');
+            event.record(&mut JsonLine { line: &mut line });
+            line.extend_from_slice(b"}\n");
+            // One write per line: concurrent lines never interleave. Nowhere to report a failed
+            // log write; dropping the line is the only option.
+            let _ = self
+                .make_writer
+                .make_writer_for(event.metadata())
+                .write_all(&line);
+        });
     }
 }
 
-fn push_member(line: &mut Vec<u8>, first: &mut bool, name: &str, value: &serde_json::Value) {
-    if !*first {
-        line.push(b',');
+impl JsonLine<'_> {
+    /// `,"name":` — every member follows the timestamp.
+    fn key(&mut self, field: &Field) {
+        self.line.extend_from_slice(b",\"");
+        escape_into(self.line, field.name());
+        self.line.extend_from_slice(b"\":");
     }
-    *first = false;
-    // Serialising a str or a Value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *line, name);
-    line.push(b':');
-    let _ = serde_json::to_writer(&mut *line, value);
+
+    fn string(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        self.line.push(b'"');
+        escape_into(self.line, value);
+        self.line.push(b'"');
+    }
+
+    fn display(&mut self, field: &Field, value: std::fmt::Arguments<'_>) {
+        self.key(field);
+        self.line.push(b'"');
+        let _ = std::fmt::Write::write_fmt(&mut Escaped(self.line), value);
+        self.line.push(b'"');
+    }
+
+    fn number(&mut self, field: &Field, value: impl std::fmt::Display) {
+        self.key(field);
+        let _ = std::io::Write::write_fmt(self.line, format_args!("{value}"));
+    }
 }
 
-impl JsonFields {
-    fn put(&mut self, field: &Field, value: serde_json::Value) {
-        // A field recorded twice keeps its last value.
-        match self
-            .fields
-            .iter_mut()
-            .find(|(name, _)| *name == field.name())
-        {
-            Some((_, slot)) => *slot = value,
-            None => self.fields.push((field.name(), value)),
-        }
+/// A `fmt::Write` that JSON-escapes what it is given into a byte buffer.
+struct Escaped<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
     }
 }
 
-impl Visit for JsonFields {
+/// Append `s` JSON-escaped (RFC 8259: quote, backslash and control characters).
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                let _ = std::io::Write::write_fmt(out, format_args!("\\u{b:04x}"));
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+impl Visit for JsonLine<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, value.into());
+        self.string(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, value.into());
+        self.number(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, value.into());
+        self.number(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, value.into());
+        self.number(field, value);
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        let value = i64::try_from(value).map_or_else(|_| value.to_string().into(), Into::into);
-        self.put(field, value);
+        self.number(field, value);
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        let value = u64::try_from(value).map_or_else(|_| value.to_string().into(), Into::into);
-        self.put(field, value);
+        self.number(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         // Non-finite numbers have no JSON form and become null.
-        self.put(field, value.into());
+        if value.is_finite() {
+            self.number(field, value);
+        } else {
+            self.key(field);
+            self.line.extend_from_slice(b"null");
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, value.to_string().into());
+        self.display(field, format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, format!("{value:?}").into());
+        self.display(field, format_args!("{value:?}"));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaping_gives_valid_json_strings() {
+        let tricky = "quote \" backslash \\ newline \n tab \t bell \u{7} é ☃";
+        let mut out = b"\"".to_vec();
+        escape_into(&mut out, tricky);
+        out.push(b'"');
+        let parsed: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed, tricky);
+    }
     use tracing::{debug, error, warn};
 
     /// A `MakeWriter` that captures everything written to it.
