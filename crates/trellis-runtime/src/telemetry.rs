@@ -130,14 +130,16 @@ where
         .with_ansi(ansi)
         .with_filter(filter.and(not_access));
 
-    let access = opts.access_log.then(|| {
-        AccessLogLayer {
-            make_writer: access,
-        }
-        .with_filter(filter_fn(|meta: &Metadata<'_>| {
-            meta.is_event() && meta.target() == ACCESS_TARGET
-        }))
-    });
+    // Always present, with a static filter: an absent (`None`) layer would claim interest in
+    // every callsite, so every trace-level span of hyper and h2 would be created in the
+    // registry on the hot path only to be dropped.
+    let enabled = opts.access_log;
+    let access = AccessLogLayer {
+        make_writer: access,
+    }
+    .with_filter(filter_fn(move |meta: &Metadata<'_>| {
+        enabled && meta.is_event() && meta.target() == ACCESS_TARGET
+    }));
 
     let subscriber = Registry::default().with(human).with(access);
     let handle = LogHandle {
