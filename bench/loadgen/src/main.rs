@@ -46,14 +46,19 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(run(args))?;
     println!("{report}");
     Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    anyhow::ensure!(args.rate > 0 && args.connections > 0, "--rate and --connections must be positive");
+    anyhow::ensure!(
+        args.rate > 0 && args.connections > 0,
+        "--rate and --connections must be positive"
+    );
     // Each connection sends every `interval`, offset so the connections interleave evenly.
     let interval = Duration::from_secs_f64(f64::from(args.connections) / f64::from(args.rate));
     let start = Instant::now() + Duration::from_millis(100);
@@ -63,7 +68,15 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     for i in 0..args.connections {
         let offset = interval.mul_f64(f64::from(i) / f64::from(args.connections));
         let (addr, host, path) = (args.addr, args.host.clone(), args.path.clone());
-        tasks.push(tokio::spawn(connection(addr, host, path, start + offset, interval, measure_from, end)));
+        tasks.push(tokio::spawn(connection(
+            addr,
+            host,
+            path,
+            start + offset,
+            interval,
+            measure_from,
+            end,
+        )));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut sent, mut errors) = (0u64, 0u64);
@@ -98,9 +111,12 @@ async fn connection(
 ) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut sent, mut errors) = (0u64, 0u64);
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut scheduled = first;
     // When the previous response finished: if after `scheduled`, this request was held back by
@@ -110,8 +126,14 @@ async fn connection(
     let mut previous_done = first;
     while scheduled < end {
         tokio::time::sleep_until(scheduled).await;
-        let req = Request::get(path.as_str()).header("host", host.as_str()).body(Empty::new())?;
-        let origin = if previous_done > scheduled { scheduled } else { Instant::now() };
+        let req = Request::get(path.as_str())
+            .header("host", host.as_str())
+            .body(Empty::new())?;
+        let origin = if previous_done > scheduled {
+            scheduled
+        } else {
+            Instant::now()
+        };
         // The connection takes the next request once the previous response is done.
         if send.ready().await.is_err() {
             anyhow::bail!("connection to {addr} closed");
