@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &["trellis/ca/v1/ca.proto"];
+const PROTOS: &[&str] = &[
+    "trellis/ca/v1/ca.proto",
+    "trellis/discovery/v1/discovery.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new("proto");

@@ -8,7 +8,9 @@
 mod admin;
 mod bad_input;
 mod ca_service;
+mod check;
 mod config;
+mod discovery;
 mod grpc;
 mod http;
 mod identity;

@@ -5,8 +5,11 @@
 //! - [`ca::v1`]: `trellis.ca.v1.CertificateService`, the mesh CA's signing service (a CSR and
 //!   a credential in; a certificate chain and the trust bundle out). See
 //!   `proto/trellis/ca/v1/ca.proto` for the contract and its error codes.
-//! - `trellis.discovery.v1` (config push) lands with the control plane's discovery service;
-//!   until then the proxy reads the same `trellis_model::ProxyConfig` from a file.
+//! - [`discovery::v1`]: `trellis.discovery.v1.Discovery`, config push: one bidirectional
+//!   stream per proxy over mutual TLS; the control plane sends the proxy's compiled
+//!   `trellis_model::ProxyConfig` as JSON with a version and a nonce, the proxy answers ACK or
+//!   NACK. See `proto/trellis/discovery/v1/discovery.proto` for the exchange and why the
+//!   payload is JSON of the model.
 //!
 //! # Getting a certificate (what a proxy does at start and at half life)
 //!
@@ -73,5 +76,20 @@ pub mod ca {
             clippy::pedantic
         )]
         tonic::include_proto!("trellis.ca.v1");
+    }
+}
+
+/// `trellis.discovery.v1`.
+pub mod discovery {
+    /// Config push, version 1.
+    pub mod v1 {
+        #![allow(
+            unreachable_pub,
+            rust_2018_idioms,
+            missing_docs,
+            clippy::all,
+            clippy::pedantic
+        )]
+        tonic::include_proto!("trellis.discovery.v1");
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
 use serde::Serialize;
@@ -16,7 +16,11 @@ use trellis_runtime::{
 };
 
 use crate::ca::{self, CaService};
+use crate::discovery::DiscoveryService;
 use crate::metrics::{self, Metrics};
+use crate::proxy_configs::{LoadErrors, ProxyConfigDir};
+use crate::push::{self, ConfigStore};
+use crate::status::StatusBoard;
 use crate::tls::{self, OwnCertError};
 use crate::token::{JoinTokenKey, TokenKeyError};
 
@@ -29,6 +33,11 @@ pub struct Config {
     pub trust_domain: Option<String>,
     pub listen: ListenConfig,
     pub ca: ca::Config,
+    /// Compiled proxy configs to push, one file per proxy (`--proxy-configs`); see
+    /// [`crate::proxy_configs`]. None: the store starts empty and proxies wait.
+    pub proxy_configs: Option<PathBuf>,
+    /// How pushes are batched.
+    pub push: push::Config,
     /// How long SIGTERM waits for open connections.
     pub drain_grace: Duration,
 }
@@ -36,9 +45,9 @@ pub struct Config {
 /// Where the control plane listens.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenConfig {
-    /// gRPC over TLS: the signing service (and, later, discovery). Istio's 15010.
+    /// gRPC over TLS: the signing service and discovery (config push). Istio's 15010.
     pub grpc: SocketAddr,
-    /// Admin HTTP: `/ready`, `/live`, `/metrics`, `/logging`. Istio's 15014.
+    /// Admin HTTP: `/ready`, `/live`, `/metrics`, `/logging`, `/debug/proxies`. Istio's 15014.
     pub admin: SocketAddr,
 }
 
@@ -49,6 +58,10 @@ pub struct Bound {
     /// The identity the gRPC port presents.
     pub identity: SpiffeId,
     pub readiness: Readiness,
+    /// The configs pushed to proxies: whoever compiles them `set`s them here.
+    pub store: ConfigStore,
+    /// Every proxy's sync state (`/debug/proxies`).
+    pub board: StatusBoard,
     trigger: DrainTrigger,
 }
 
@@ -86,6 +99,8 @@ pub enum BuildError {
     OwnCert(OwnCertError),
     #[error("cannot build the gRPC port's TLS configuration: {0}")]
     Tls(CertError),
+    #[error("invalid proxy configs:\n{0}")]
+    ProxyConfigs(LoadErrors),
     #[error(
         "cannot listen on {addr} for the {listener} port: {source} (is another control plane running there?)"
     )]
@@ -114,6 +129,8 @@ impl Config {
             trust_domain: None,
             listen: ListenConfig::default(),
             ca: ca::Config::default(),
+            proxy_configs: None,
+            push: push::Config::default(),
             drain_grace: Duration::from_secs(10),
         }
     }
@@ -179,6 +196,17 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
     let creds = tls::own_credentials(&ca, &identity, own_ttl).map_err(BuildError::OwnCert)?;
     let tls_config = tls::server_config(&creds).map_err(BuildError::Tls)?;
 
+    // The proxy configs to push, read and validated before anything runs.
+    let proxy_configs = match &config.proxy_configs {
+        Some(path) => {
+            let dir = ProxyConfigDir::new(path);
+            let (seen, loaded) = dir.load();
+            let configs = loaded.map_err(BuildError::ProxyConfigs)?;
+            Some((dir, seen, configs))
+        }
+        None => None,
+    };
+
     // Bind everything first, so that a port conflict fails the start before anything runs.
     let grpc_listener = bind("grpc", config.listen.grpc).await?;
     let admin_listener = bind("admin", config.listen.admin).await?;
@@ -191,24 +219,52 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
     let (trigger, drain) = trellis_runtime::drain::new();
     let readiness = Readiness::new();
 
-    // Admin: health, metrics, log level.
+    // Config push: the store the streams read, fed by the proxy configs directory (polled).
+    let store = ConfigStore::new(config.push);
+    let board = StatusBoard::new();
+    if let Some((dir, seen, configs)) = proxy_configs {
+        let proxies = configs.len();
+        let version = store.set(configs);
+        info!(dir = %dir.path().display(), %version, proxies, "proxy configs loaded");
+        tokio::spawn(dir.watch(store.clone(), metrics.clone(), seen, drain.clone()));
+    }
+
+    // Admin: health, metrics, log level, every proxy's sync state.
     let admin = {
         let metrics = metrics.clone();
-        Admin::new(readiness.clone(), log).route("/metrics", move |_| {
-            admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
-        })
+        let (store, board) = (store.clone(), board.clone());
+        Admin::new(readiness.clone(), log)
+            .route("/metrics", move |_| {
+                admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
+            })
+            .route("/debug/proxies", move |_| {
+                let json = board.to_json(&store.published(), SystemTime::now());
+                admin::response(StatusCode::OK, admin::JSON, json.to_string())
+            })
     };
     tokio::spawn(admin.serve(admin_listener, drain.clone()));
 
-    // gRPC over TLS: handshakes off the accept loop, then tonic. The task holds a watcher
-    // until tonic has finished its open connections, so drain waits for them.
+    // gRPC over TLS: handshakes off the accept loop, then tonic: the signing service and
+    // discovery. The task holds a watcher until tonic has finished its open connections, so
+    // drain waits for them; discovery streams end at drain (the proxies reconnect elsewhere).
+    // HTTP/2 PINGs find proxies that vanished without closing their streams.
     let service = CaService::new(ca.clone(), tokens, config.ca, metrics.clone());
+    let discovery = DiscoveryService::new(
+        ca.clone(),
+        store.clone(),
+        board.clone(),
+        metrics.clone(),
+        drain.clone(),
+    );
     let incoming = tls::incoming(grpc_listener, tls_config, drain.clone());
     let server_drain = drain.clone();
     tokio::spawn(async move {
         let signal = server_drain.clone();
         let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(service.into_server())
+            .add_service(discovery.into_server())
             .serve_with_incoming_shutdown(incoming, async move { signal.signaled().await })
             .await;
         if let Err(error) = served {
@@ -241,6 +297,8 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
         addrs,
         identity,
         readiness,
+        store,
+        board,
         trigger,
     })
 }

@@ -324,4 +324,4 @@ fn split_pem(pem: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,22 +1,34 @@
-//! The Trellis control plane (DESIGN §5, §3). Today: the mesh CA's signing service,
-//! `trellis.ca.v1.CertificateService`, on a TLS gRPC port, with join tokens for bootstrap.
-//! Still to come: sources (a config directory, later Kubernetes) → model → per-proxy compile
-//! → push over `trellis.discovery.v1` on the same port.
+//! The Trellis control plane (DESIGN §5, §3): the mesh CA's signing service,
+//! `trellis.ca.v1.CertificateService`, with join tokens for bootstrap, and config push,
+//! `trellis.discovery.v1.Discovery`, both on one TLS gRPC port. Today the configs pushed come
+//! compiled from a directory (`--proxy-configs`); the directory of user resources and its
+//! compiler replace that input next.
 //!
 //! - [`app`]: [`build`] wires a whole control plane from a [`Config`] and returns [`Bound`].
 //! - [`ca`]: the signing service; who may have which certificate, and why not.
 //! - [`token`]: join tokens, minted by `trellis control token` and checked by the service.
 //! - [`tls`]: the gRPC port's TLS (optional, verified client certificates) and the control
 //!   plane's own certificate.
-//! - [`metrics`]: certificates issued and refused.
+//! - [`push`]: the [`ConfigStore`] of every proxy's config, versioned and debounced.
+//! - [`discovery`]: the stream per proxy: identity, Hello, Config, ACK/NACK.
+//! - [`status`]: each proxy's sync state, served at `/debug/proxies`.
+//! - [`proxy_configs`]: the `--proxy-configs` directory, polled for changes.
+//! - [`metrics`]: certificates issued and refused; pushes, their latency, NACKs, streams.
 
 pub mod app;
 pub mod ca;
+pub mod discovery;
 pub mod metrics;
+pub mod proxy_configs;
+pub mod push;
+pub mod status;
 pub mod tls;
 pub mod token;
 
 pub use app::{Bound, BoundAddrs, BuildError, Config, ListenConfig, build};
 pub use ca::{CaService, Credential, Refusal};
+pub use discovery::DiscoveryService;
+pub use push::{ConfigStore, NodeKey, Version};
+pub use status::StatusBoard;
 pub use tls::{Peer, control_identity};
 pub use token::{JoinTokenKey, TokenError, TokenKeyError};

@@ -4,6 +4,12 @@
 //!   signed, by what authenticated the request (bootstrap or renewal).
 //! - `trellis_ca_certificates_refused_total{reason=...}`: requests refused, by
 //!   [`Refusal::reason`](crate::ca::Refusal::reason).
+//! - `trellis_discovery_pushes_total`: configs sent to proxies.
+//! - `trellis_discovery_push_latency_seconds`: from sending a config to its ACK.
+//! - `trellis_discovery_nacks_total`: configs proxies refused.
+//! - `trellis_discovery_connected_proxies`: discovery streams open now.
+//! - `trellis_discovery_config_errors_total`: changes to the config sources refused as
+//!   invalid (the configs in force stayed).
 //!
 //! Every label value is created at start, so a dashboard sees zeros rather than gaps.
 
@@ -13,9 +19,14 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::ca::{Credential, Refusal};
+
+/// Push latency buckets: 1 ms to 8 s, doubling (+Inf implicit).
+const LATENCY_BUCKETS: (f64, f64, u16) = (0.001, 2.0, 14);
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -30,6 +41,11 @@ struct Inner {
     registry: Registry,
     issued: Family<IssuedLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    pushes: Counter,
+    push_latency: Histogram,
+    nacks: Counter,
+    connected: Gauge,
+    config_errors: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,7 +60,8 @@ struct RefusedLabels {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("trellis_ca");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("trellis_ca");
         let issued = Family::<IssuedLabels, Counter>::default();
         let refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
@@ -65,11 +82,41 @@ impl Metrics {
         for reason in Refusal::REASONS {
             let _ = refused.get_or_create(&RefusedLabels { reason });
         }
+
+        let discovery = root.sub_registry_with_prefix("trellis_discovery");
+        let pushes = Counter::default();
+        let (start, factor, count) = LATENCY_BUCKETS;
+        let push_latency = Histogram::new(exponential_buckets(start, factor, count));
+        let nacks = Counter::default();
+        let connected = Gauge::default();
+        let config_errors = Counter::default();
+        discovery.register("pushes", "Configs sent to proxies", pushes.clone());
+        discovery.register(
+            "push_latency_seconds",
+            "Time from sending a config to a proxy to its ACK",
+            push_latency.clone(),
+        );
+        discovery.register("nacks", "Configs refused by proxies (NACK)", nacks.clone());
+        discovery.register(
+            "connected_proxies",
+            "Proxies with a discovery stream open",
+            connected.clone(),
+        );
+        discovery.register(
+            "config_errors",
+            "Changes to the config sources refused as invalid; the configs in force stayed",
+            config_errors.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
-                registry,
+                registry: root,
                 issued,
                 refused,
+                pushes,
+                push_latency,
+                nacks,
+                connected,
+                config_errors,
             }),
         }
     }
@@ -90,6 +137,31 @@ impl Metrics {
                 reason: refusal.reason(),
             })
             .inc();
+    }
+
+    /// A config was sent to a proxy.
+    pub fn pushed(&self) {
+        self.inner.pushes.inc();
+    }
+
+    /// A proxy ACKed a config `latency` after it was sent.
+    pub fn applied(&self, latency: std::time::Duration) {
+        self.inner.push_latency.observe(latency.as_secs_f64());
+    }
+
+    /// A proxy NACKed a config.
+    pub fn nacked(&self) {
+        self.inner.nacks.inc();
+    }
+
+    /// A discovery stream opened (`+1`) or closed (`-1`).
+    pub fn connected(&self, delta: i64) {
+        self.inner.connected.inc_by(delta);
+    }
+
+    /// A change to a config source was refused.
+    pub fn config_error(&self) {
+        self.inner.config_errors.inc();
     }
 
     /// The exposition for `/metrics`, ending in `# EOF`.

@@ -4,6 +4,7 @@
 
 mod duration;
 mod proxy;
+pub mod resources;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
@@ -11,4 +12,5 @@ pub use proxy::{
     App, AppPort, Endpoint, Identity, Listeners, MtlsMode, Node, OutboundPolicy, Protocol,
     ProxyConfig, Service, ServicePort, Timeouts,
 };
+pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

@@ -23,7 +23,7 @@ use yaml::Mark;
 mod decode;
 #[cfg(test)]
 mod tests;
-mod yaml;
+pub(crate) mod yaml;
 
 /// Larger documents are refused before parsing: a config is untrusted input.
 const MAX_CONFIG_BYTES: usize = 4 << 20;
@@ -338,9 +338,16 @@ impl Checker<'_> {
             }
         }
         let endpoints = s.endpoints.iter().enumerate();
+        // Local mode puts every workload on one loopback address with its own ports: an
+        // endpoint is the address with its ports and its proxy.
         self.unique(
-            endpoints.map(|(j, e)| (format!("{path}.endpoints[{j}].address"), e.address)),
-            |a| format!("endpoint address {a}"),
+            endpoints.map(|(j, e)| {
+                (
+                    format!("{path}.endpoints[{j}].address"),
+                    (e.address, e.ports.clone(), e.mesh),
+                )
+            }),
+            |(a, _, _)| format!("endpoint {a} (with the same ports and mesh address)"),
         );
         let port_names: Vec<&str> = s.ports.iter().map(|p| p.name.as_str()).collect();
         let names_known = !self.decoded.failed(&format!("{path}.ports"))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::StatusCode;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use trellis_model::ProxyConfig;
 use trellis_runtime::{
     Admin, DrainOutcome, DrainTrigger, LogHandle, Readiness, ShutdownKind, admin,
@@ -17,6 +18,7 @@ use crate::metrics::{self, Metrics};
 use crate::outbound::Outbound;
 use crate::serve::accept_loop;
 use crate::state::State;
+use crate::xds::Discovery;
 
 /// A running proxy: where it listens, and the handle that stops it.
 #[derive(Debug)]
@@ -44,6 +46,13 @@ pub enum BuildError {
     #[error("cannot build the mesh TLS config: {0}")]
     Tls(#[from] trellis_identity::CertError),
     #[error(
+        "`control` is set but there is no identity: the control plane knows proxies by their \
+         certificate (add an `identity` section)"
+    )]
+    ControlWithoutIdentity,
+    #[error("the discovery client stopped before the first config arrived")]
+    Discovery,
+    #[error(
         "cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)"
     )]
     Bind {
@@ -53,12 +62,16 @@ pub enum BuildError {
     },
 }
 
-/// Bind every listener, start every task, and report ready.
+/// Bind every listener, start every task, and report ready. With `control` set, this waits
+/// (retrying) until the control plane's first config has been applied.
 pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildError> {
     let listeners = config.listeners.clone();
     let connect_timeout = config.timeouts.connect;
     let identity = config.identity.clone();
+    let control = config.control;
+    let bootstrap = Arc::new(config.clone());
     let state = Arc::new(State::new(config));
+    let (applied, applied_rx) = watch::channel(None::<u64>);
     let metrics = Metrics::new();
     let (trigger, drain) = trellis_runtime::drain::new();
     let readiness = Readiness::new();
@@ -78,7 +91,8 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         mesh: opt_addr(&mesh_listener, "mesh")?,
     };
 
-    // Admin: health, metrics, the config in force, log level.
+    // Admin: health, metrics, the config in force (and its version from the control plane),
+    // log level.
     let admin = {
         let metrics = metrics.clone();
         let state = state.clone();
@@ -87,7 +101,11 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
                 admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
             })
             .route("/config_dump", move |_| {
-                let dump = serde_json::json!({ "bound": addrs, "config": &*state.load().config });
+                let dump = serde_json::json!({
+                    "bound": addrs,
+                    "applied_version": *applied_rx.borrow(),
+                    "config": &*state.load().config,
+                });
                 admin::response(StatusCode::OK, "application/json", dump.to_string())
             })
     };
@@ -95,15 +113,43 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
 
     // Identity: the proxy serves nothing on the mesh without its certificate, and is not ready
     // until it has one (the admin server above answers /ready with 503 meanwhile).
-    let tls = match &identity {
-        Some(identity) => {
-            let creds = crate::identity::obtain(identity)
+    let creds = match &identity {
+        Some(identity) => Some(
+            crate::identity::obtain(identity)
                 .await
-                .map_err(|e| BuildError::Identity(Box::new(e)))?;
-            Some(Arc::new(crate::mtls::MeshTls::new(creds)?))
-        }
+                .map_err(|e| BuildError::Identity(Box::new(e)))?,
+        ),
         None => None,
     };
+    let tls = match &creds {
+        Some(creds) => Some(Arc::new(crate::mtls::MeshTls::new(creds.clone())?)),
+        None => None,
+    };
+
+    // Config from the control plane, when the bootstrap names one: nothing is accepted and the
+    // proxy is not ready until the first config has been applied (connections that arrive
+    // meanwhile wait in the listeners' backlogs). The client retries until it gets one.
+    if let Some(control) = control {
+        let creds = creds.ok_or(BuildError::ControlWithoutIdentity)?;
+        let control_id = crate::identity::control_identity(&creds.id())
+            .map_err(|e| BuildError::Identity(Box::new(e)))?;
+        let mut first = applied.subscribe();
+        let discovery = Discovery {
+            control,
+            control_id,
+            creds,
+            bootstrap,
+            state: state.clone(),
+            admin: addrs.admin,
+            applied,
+        };
+        tracing::info!(%control, "waiting for the first config from the control plane");
+        tokio::spawn(discovery.run(drain.clone()));
+        first
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| BuildError::Discovery)?;
+    }
 
     // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
     let upstreams = Arc::new(Upstreams::new(connect_timeout, tls.clone()));
@@ -153,7 +199,7 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         ));
     }
 
-    // Listeners bound and config applied: ready. (Identity will gate this too.)
+    // Listeners bound, identity obtained, config applied: ready.
     readiness.set_ready();
     tracing::info!(
         admin = %addrs.admin,

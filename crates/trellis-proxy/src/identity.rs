@@ -11,18 +11,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tonic::transport::Endpoint;
 use trellis_api::ca::v1::certificate_service_client::CertificateServiceClient;
 use trellis_api::ca::v1::{CreateCertificateRequest, CreateCertificateResponse};
 use trellis_identity::{
     Credentials, SpiffeId, TrustBundle, WorkloadCert, WorkloadKey, bootstrap_client_config,
-    client_config, explain_handshake_error,
+    client_config,
 };
 use trellis_model::Identity;
+
+use crate::backoff::{Backoff, jitter};
+use crate::grpc::{self, ChannelOptions};
 
 /// Why the proxy has no identity.
 #[derive(Debug, thiserror::Error)]
@@ -252,23 +251,12 @@ impl CaClient {
         request: CreateCertificateRequest,
     ) -> Result<CreateCertificateResponse, IdentityError> {
         let ca = self.ca;
-        let connector = tower::service_fn(move |_: http::Uri| {
-            let tls = tokio_rustls::TlsConnector::from(tls.clone());
-            async move {
-                let tcp = TcpStream::connect(ca).await?;
-                let stream = tls
-                    .connect(ServerName::IpAddress(ca.ip().into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        });
         let unreachable = |reason: String| IdentityError::Unreachable { ca, reason };
-        let channel = Endpoint::from_static("http://trellis-control")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| unreachable(explain_handshake_error(&e)))?;
+        let options = ChannelOptions {
+            request_timeout: Some(Duration::from_secs(10)),
+            keepalive: None,
+        };
+        let channel = grpc::connect(ca, tls, options).await.map_err(unreachable)?;
         match CertificateServiceClient::new(channel)
             .create_certificate(request)
             .await
@@ -287,7 +275,7 @@ impl CaClient {
 }
 
 /// The control plane's identity in our trust domain.
-fn control_identity(me: &SpiffeId) -> Result<SpiffeId, IdentityError> {
+pub(crate) fn control_identity(me: &SpiffeId) -> Result<SpiffeId, IdentityError> {
     SpiffeId::new(me.trust_domain(), "trellis-system", "trellis-control").map_err(|error| {
         IdentityError::BadId {
             id: format!("control plane of {}", me.trust_domain()),
@@ -307,61 +295,4 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, IdentityError> {
 /// How long until `at` (zero if it has passed).
 fn until(at: SystemTime) -> Duration {
     at.duration_since(SystemTime::now()).unwrap_or_default()
-}
-
-/// `d` moved by up to `fraction` of itself either way, so that proxies started together do
-/// not renew together.
-fn jitter(d: Duration, fraction: f64) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(d.as_nanos() as u64);
-    let unit = (h.finish() % 10_000) as f64 / 10_000.0; // [0, 1)
-    d.mul_f64(1.0 + fraction * (2.0 * unit - 1.0))
-}
-
-/// Exponential backoff from 200 ms to 30 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: Duration::from_millis(200),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(30));
-        jitter(now, 0.2)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_its_fraction() {
-        let d = Duration::from_secs(100);
-        for _ in 0..100 {
-            let j = jitter(d, 0.1);
-            assert!(
-                j >= Duration::from_secs(90) && j <= Duration::from_secs(110),
-                "{j:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap() {
-        let mut b = Backoff::default();
-        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
-        assert!(waits[0] <= Duration::from_millis(240));
-        assert!(waits[11] <= Duration::from_secs(36) && waits[11] >= Duration::from_secs(24));
-    }
 }

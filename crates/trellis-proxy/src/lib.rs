@@ -3,14 +3,17 @@
 //! [`app::build`] wires a whole proxy from a [`trellis_model::ProxyConfig`]: it binds the
 //! listeners, starts their accept loops and returns the bound addresses with a shutdown handle.
 //! The request path is read top to bottom in [`outbound`] (app → mesh) and [`inbound`]
-//! (mesh → app); the rest are the pieces they call.
+//! (mesh → app); the rest are the pieces they call. With `control` in the config, `xds`
+//! streams the rest of the config from the control plane and swaps it in.
 
 pub mod access_log;
 pub mod app;
+mod backoff;
 mod balance;
 pub mod detect;
 mod error;
 mod forward;
+mod grpc;
 mod headers;
 mod identity;
 mod inbound;
@@ -24,6 +27,7 @@ mod prefixed;
 mod serve;
 mod state;
 mod tunnel;
+mod xds;
 
 pub use app::{Bound, BoundAddrs, BuildError, build};
 pub use error::ProxyError;

@@ -89,7 +89,6 @@ impl State {
     }
 
     /// Replace the config in force (the control-plane client calls this on a push).
-    #[allow(dead_code)]
     pub(crate) fn store(&self, config: ProxyConfig) {
         self.current.store(Arc::new(Snapshot::build(config)));
     }

@@ -22,6 +22,7 @@ pub mod control;
 pub mod curl;
 pub mod demo;
 pub mod dir;
+pub mod discovery;
 pub mod metrics;
 pub mod netns;
 pub mod peer;

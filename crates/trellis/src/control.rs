@@ -1,10 +1,10 @@
-//! `trellis control`: the control plane (today: the mesh CA's signing service), and
+//! `trellis control`: the control plane (the mesh CA's signing service and config push), and
 //! `trellis control token`, which mints the join token a workload uses for its first
 //! certificate.
 //!
 //! ```text
 //! trellis control --ca-dir DIR [--listen 127.0.0.1:15010] [--admin 127.0.0.1:15014]
-//!                 [--ready-file PATH] [--cert-ttl 24h] [--max-cert-ttl D]
+//!                 [--proxy-configs DIR] [--ready-file PATH] [--cert-ttl 24h] [--max-cert-ttl D]
 //! trellis control token --ca-dir DIR --id SPIFFE_ID [--ttl 1h]
 //! ```
 
@@ -40,12 +40,17 @@ struct ServeArgs {
     /// The CA directory (made by `trellis ca init --dir`). The join token key is kept there.
     #[arg(long, required = true)]
     ca_dir: Option<PathBuf>,
-    /// gRPC over TLS (the signing service).
+    /// gRPC over TLS (the signing service and config push).
     #[arg(long, default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
-    /// Admin HTTP: /ready, /live, /metrics, /logging.
+    /// Admin HTTP: /ready, /live, /metrics, /logging, /debug/proxies.
     #[arg(long, default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
+    /// Compiled proxy configs to push: every *.yaml in DIR is one proxy's config (the format
+    /// `trellis proxy --config` reads), for the proxy its `node` names. Re-read on change; an
+    /// invalid file refuses the change and the configs in force stay.
+    #[arg(long, value_name = "DIR")]
+    proxy_configs: Option<PathBuf>,
     /// Once serving, write the bound addresses here as JSON: {"grpc": "...", "admin": "..."}.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -100,6 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     config.ca.default_ttl = args.cert_ttl;
     config.ca.max_ttl = args.max_cert_ttl.unwrap_or(args.cert_ttl);
+    config.proxy_configs = args.proxy_configs;
     config.drain_grace = args.drain_timeout;
     if let Err(errors) = config.validate() {
         eprintln!("trellis: invalid control plane options:\n{errors}");

@@ -2,9 +2,11 @@
 
 mod ca;
 mod cert;
+mod check;
 mod control;
 mod demo_app;
 mod proxy;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -26,8 +28,14 @@ enum Command {
     Ca(ca::CaArgs),
     /// Inspect certificates in human terms.
     Cert(cert::CertArgs),
+    /// Validate a directory of resources; --workload prints a sidecar's compiled config.
+    Check(check::CheckArgs),
     /// Run the control plane (the mesh CA's signing service); `control token` mints join tokens.
     Control(control::ControlArgs),
+    /// List every proxy the control plane knows: identity, ACKed version, sync state, last NACK.
+    ProxyStatus(status::ProxyStatusArgs),
+    /// Print the config a proxy has applied (its /config_dump), found by name or admin address.
+    ProxyConfig(status::ProxyConfigArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,7 +55,10 @@ fn main() -> std::process::ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Ca(args) => ca::run(args).await,
             Command::Cert(args) => cert::run(args).await,
+            Command::Check(args) => check::run(&args),
             Command::Control(args) => control::run(args).await,
+            Command::ProxyStatus(args) => status::proxy_status(args).await,
+            Command::ProxyConfig(args) => status::proxy_config(args).await,
             Command::DemoApp(args) => {
                 trellis_runtime::init_tracing(trellis_runtime::TracingOptions::default())?;
                 demo_app::run(args)

@@ -53,7 +53,15 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     tracing::debug!(config = ?config, "effective config");
     let grace = config.timeouts.drain;
 
-    let bound = trellis_proxy::build(config, log).await?;
+    // Building waits for the certificate and, with a control plane, the first config: a
+    // signal meanwhile stops the proxy instead of being ignored until then.
+    let bound = tokio::select! {
+        bound = trellis_proxy::build(config, log) => bound?,
+        kind = signals.recv() => {
+            tracing::info!(?kind, "stopped before the proxy was ready");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     if let Some(path) = &args.ready_file {
         write_atomically(path, &serde_json::to_vec(&bound.addrs)?)
             .with_context(|| format!("cannot write ready file {}", path.display()))?;

@@ -158,7 +158,7 @@ async fn call(
         .map(Response::into_inner)
 }
 
-async fn channel(
+pub(crate) async fn channel(
     addr: SocketAddr,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {

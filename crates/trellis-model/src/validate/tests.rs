@@ -491,7 +491,7 @@ services:
         &errors,
         18,
         "services[0].endpoints[1].address",
-        "endpoint address 10.1.0.1 is listed twice (first on line 17)",
+        "endpoint 10.1.0.1 (with the same ports and mesh address) is listed twice (first on line 17)",
     );
     assert_error(
         &errors,

@@ -18,19 +18,19 @@ const MAX_DEPTH: usize = 64;
 
 /// A position in the source; both 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Mark {
-    pub(super) line: usize,
-    pub(super) column: usize,
+pub(crate) struct Mark {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Node {
-    pub(super) value: Value,
-    pub(super) mark: Mark,
+pub(crate) struct Node {
+    pub(crate) value: Value,
+    pub(crate) mark: Mark,
 }
 
 #[derive(Debug, Clone)]
-pub(super) enum Value {
+pub(crate) enum Value {
     /// A scalar's text after escapes. `plain` is false for quoted, block and `!!str` scalars,
     /// which are always strings (never null or a number).
     Scalar {
@@ -44,9 +44,9 @@ pub(super) enum Value {
 
 /// Why the document could not be read as a tree; parsing stops at the first one.
 #[derive(Debug)]
-pub(super) struct SyntaxError {
-    pub(super) mark: Mark,
-    pub(super) reason: String,
+pub(crate) struct SyntaxError {
+    pub(crate) mark: Mark,
+    pub(crate) reason: String,
 }
 
 /// A sequence or mapping whose end has not been seen yet.
@@ -73,12 +73,12 @@ struct Builder {
 
 impl Node {
     /// Plain `~`, `null` or nothing at all: YAML's null.
-    pub(super) fn is_null(&self) -> bool {
+    pub(crate) fn is_null(&self) -> bool {
         matches!(&self.value, Value::Scalar { text, plain: true } if is_null_text(text))
     }
 
     /// The text of a scalar, whatever its style.
-    pub(super) fn text(&self) -> Option<&str> {
+    pub(crate) fn text(&self) -> Option<&str> {
         match &self.value {
             Value::Scalar { text, .. } => Some(text),
             _ => None,
@@ -86,7 +86,7 @@ impl Node {
     }
 
     /// What this node is, for "expected X, found Y" messages.
-    pub(super) fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.value {
             _ if self.is_null() => "nothing".to_string(),
             Value::Scalar { text, .. } => super::quoted(text),
@@ -110,7 +110,7 @@ impl Node {
 }
 
 /// Parse one YAML document. An empty file is a null node.
-pub(super) fn parse(text: &str) -> Result<Node, SyntaxError> {
+pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
     let options = granit_parser::options! {
         emit_comments: false,
         flow_nesting_limit: MAX_DEPTH,

@@ -1,0 +1,307 @@
+//! From resources to one proxy's [`ProxyConfig`]: a pure function of the resources, the
+//! workload and the options.
+//!
+//! What goes in: the node, the app (its address and the ports of the Services that select it,
+//! with their protocols and PeerAuthentication's port-level mTLS), every Service of the mesh
+//! with its endpoints (the Workloads its selector matches, each with its sidecar's address and
+//! SPIFFE identity) and the timeouts of its TrafficPolicy, and the workload's mTLS mode.
+//!
+//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; routes,
+//! the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to carry them;
+//! every proxy sees every Service (GAMMA's consumer/producer route scoping and a Sidecar-like
+//! visibility limit come with routes).
+//!
+//! [`Compiler`] does the work shared by every proxy (selectors, endpoints) once per set of
+//! resources; [`compile`] is the one-shot form.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::mesh::{selections, selects};
+use super::{Resource, Resources, ServiceSpec, TrafficPolicySpec, WorkloadSpec};
+use crate::proxy::{self, App, AppPort, Endpoint, MtlsMode, Node, ProxyConfig, Timeouts};
+
+#[cfg(test)]
+mod tests;
+
+/// What the resources do not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// The trust domain of SPIFFE IDs: `spiffe://<trust-domain>/ns/<ns>/sa/<account>`.
+    pub trust_domain: String,
+    /// The namespace whose PeerAuthentication without a selector applies to the whole mesh
+    /// (Istio's root namespace).
+    pub root_namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("no Workload \"{name}\" in namespace \"{namespace}\" (Workloads there: {known})")]
+    UnknownWorkload {
+        namespace: String,
+        name: String,
+        /// The workloads of that namespace, for the message.
+        known: String,
+    },
+}
+
+/// Compiles proxy configs from one set of resources.
+#[derive(Debug)]
+pub struct Compiler<'r> {
+    resources: &'r Resources,
+    options: CompileOptions,
+    /// Every Service with its endpoints, sorted by namespace and name: the same for every proxy.
+    services: Vec<proxy::Service>,
+    /// For each workload, the Services that select it (indexes into `resources.services`).
+    selected_by: Vec<Vec<usize>>,
+    workloads: HashMap<(&'r str, &'r str), usize>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".to_string(),
+            root_namespace: "trellis-system".to_string(),
+        }
+    }
+}
+
+impl<'r> Compiler<'r> {
+    pub fn new(resources: &'r Resources, options: CompileOptions) -> Self {
+        let selections = selections(resources);
+        let mut selected_by = vec![Vec::new(); resources.workloads.len()];
+        for (s, workloads) in selections.iter().enumerate() {
+            for &w in workloads {
+                selected_by[w].push(s);
+            }
+        }
+        let mut order: Vec<usize> = (0..resources.services.len()).collect();
+        order.sort_by_key(|&s| key(&resources.services[s]));
+        let policies: HashMap<(&str, &str), &Resource<TrafficPolicySpec>> = resources
+            .traffic_policies
+            .iter()
+            .map(|p| ((p.metadata.namespace.as_str(), p.spec.target.as_str()), p))
+            .collect();
+        let services = order
+            .iter()
+            .map(|&s| {
+                let svc = &resources.services[s];
+                let policy = policies.get(&key(svc)).copied();
+                service(resources, &options, s, &selections[s], policy)
+            })
+            .collect();
+        let workloads = resources
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(w, r)| ((r.metadata.namespace.as_str(), r.metadata.name.as_str()), w))
+            .collect();
+        Self {
+            resources,
+            options,
+            services,
+            selected_by,
+            workloads,
+        }
+    }
+
+    /// The config of the sidecar of Workload `name` in `namespace`.
+    pub fn proxy(&self, name: &str, namespace: &str) -> Result<ProxyConfig, CompileError> {
+        let Some(&w) = self.workloads.get(&(namespace, name)) else {
+            let mut known: Vec<&str> = self
+                .resources
+                .workloads
+                .iter()
+                .filter(|r| r.metadata.namespace == namespace)
+                .map(|r| r.metadata.name.as_str())
+                .collect();
+            known.sort_unstable();
+            return Err(CompileError::UnknownWorkload {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                known: super::names::listed(known),
+            });
+        };
+        let workload = &self.resources.workloads[w];
+        let (mtls, port_level) = self.peer_authentication(workload);
+        Ok(ProxyConfig {
+            node: Node {
+                name: workload.metadata.name.clone(),
+                namespace: workload.metadata.namespace.clone(),
+                workload: Some(workload.metadata.name.clone()),
+            },
+            listeners: Default::default(),
+            app: self.app(w, port_level),
+            services: self.services.clone(),
+            outbound_policy: Default::default(),
+            timeouts: Timeouts::default(),
+            identity: None,
+            mtls,
+            control: None,
+        })
+    }
+
+    /// Every Service as each proxy sees it.
+    pub fn services(&self) -> &[proxy::Service] {
+        &self.services
+    }
+
+    /// The app's ports: one per port of each Service that selects the workload, where the app
+    /// listens for it; the first Service (by namespace and name) decides a shared port.
+    fn app(&self, w: usize, port_level: Option<&BTreeMap<u16, Option<MtlsMode>>>) -> App {
+        let workload = &self.resources.workloads[w].spec;
+        let mut services: Vec<&Resource<ServiceSpec>> = self.selected_by[w]
+            .iter()
+            .map(|&s| &self.resources.services[s])
+            .collect();
+        services.sort_by_key(|s| key(s));
+        let mut ports: Vec<AppPort> = Vec::new();
+        for port in services.iter().flat_map(|s| &s.spec.ports) {
+            let app_port = workload.app_port(port);
+            if ports.iter().any(|p| p.port == app_port) {
+                continue;
+            }
+            ports.push(AppPort {
+                port: app_port,
+                protocol: port.protocol,
+                mtls: port_level.and_then(|m| m.get(&app_port).copied().flatten()),
+            });
+        }
+        ports.sort_by_key(|p| p.port);
+        App {
+            address: workload.address,
+            ports,
+        }
+    }
+
+    /// The workload's mTLS mode, Istio's way: the PeerAuthentication selecting it, else its
+    /// namespace's, else the mesh's (root namespace) — the first that sets a mode; PERMISSIVE
+    /// if none does. Port-level modes come from the selecting policy only.
+    fn peer_authentication(
+        &self,
+        workload: &Resource<WorkloadSpec>,
+    ) -> (MtlsMode, Option<&'r BTreeMap<u16, Option<MtlsMode>>>) {
+        let policies = &self.resources.peer_authentications;
+        let ns = workload.metadata.namespace.as_str();
+        let selecting = policies.iter().find(|p| {
+            p.metadata.namespace == ns
+                && p.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selects(s, &workload.spec.labels))
+        });
+        let namespace_wide = |ns: &str| {
+            policies
+                .iter()
+                .find(|p| p.metadata.namespace == ns && p.spec.selector.is_none())
+        };
+        let mode = [
+            selecting,
+            namespace_wide(ns),
+            namespace_wide(&self.options.root_namespace),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.spec.mtls)
+        .unwrap_or_default();
+        (mode, selecting.map(|p| &p.spec.port_level_mtls))
+    }
+}
+
+/// The config of the sidecar of Workload `name` in `namespace`. To compile for many proxies,
+/// make one [`Compiler`] and call [`Compiler::proxy`] for each.
+pub fn compile(
+    resources: &Resources,
+    name: &str,
+    namespace: &str,
+    options: &CompileOptions,
+) -> Result<ProxyConfig, CompileError> {
+    Compiler::new(resources, options.clone()).proxy(name, namespace)
+}
+
+/// Service `s` as a proxy sees it, with the Workloads it selects as endpoints and the timeouts
+/// of its TrafficPolicy.
+fn service(
+    resources: &Resources,
+    options: &CompileOptions,
+    s: usize,
+    selected: &[usize],
+    policy: Option<&Resource<TrafficPolicySpec>>,
+) -> proxy::Service {
+    let service = &resources.services[s];
+    let mut endpoints: Vec<(&Resource<WorkloadSpec>, Endpoint)> = selected
+        .iter()
+        .map(|&w| {
+            let workload = &resources.workloads[w];
+            (workload, endpoint(workload, &service.spec, options))
+        })
+        .collect();
+    endpoints.sort_by_key(|(w, _)| key(w));
+    let ns = &service.metadata.namespace;
+    let timeouts = policy.and_then(|p| p.spec.timeouts).map(|t| {
+        let base = Timeouts::default();
+        Timeouts {
+            connect: t.connect.unwrap_or(base.connect),
+            request: t.request.unwrap_or(base.request),
+            idle: t.idle.unwrap_or(base.idle),
+            ..base
+        }
+    });
+    proxy::Service {
+        name: service.metadata.name.clone(),
+        namespace: ns.clone(),
+        hostnames: service.spec.hostnames.clone(),
+        addresses: service.spec.addresses.clone(),
+        ports: service
+            .spec
+            .ports
+            .iter()
+            .map(|p| proxy::ServicePort {
+                name: p.name.clone(),
+                port: p.port,
+                protocol: p.protocol,
+                target_port: p.target_port,
+            })
+            .collect(),
+        endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
+        timeouts,
+    }
+}
+
+/// A workload as an endpoint of `service`. Outside the mesh (no sidecar) it has no mesh
+/// address and no identity: it is reached directly.
+fn endpoint(
+    workload: &Resource<WorkloadSpec>,
+    service: &ServiceSpec,
+    options: &CompileOptions,
+) -> Endpoint {
+    let spec = &workload.spec;
+    let ports = service
+        .ports
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), spec.port_override(p)?)))
+        .collect();
+    let proxy = spec.proxy.as_ref();
+    Endpoint {
+        address: spec.address,
+        ports,
+        mesh: proxy.map(|p| p.mesh),
+        workload: Some(workload.metadata.name.clone()),
+        namespace: Some(workload.metadata.namespace.clone()),
+        identity: proxy.map(|_| {
+            spiffe_id(
+                &options.trust_domain,
+                &workload.metadata.namespace,
+                &spec.service_account,
+            )
+        }),
+    }
+}
+
+/// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+pub(super) fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
+fn key<S>(r: &Resource<S>) -> (&str, &str) {
+    (&r.metadata.namespace, &r.metadata.name)
+}

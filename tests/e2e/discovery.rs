@@ -1,0 +1,528 @@
+//! Config push (`trellis.discovery.v1`) with real processes: `trellis control --proxy-configs
+//! DIR` pushes each proxy its compiled config over mutual TLS; the proxies start from
+//! bootstraps (`identity.ca` + `control`), are ready only once their first config is applied,
+//! answer every push with ACK or NACK, and keep serving with their last good config while the
+//! control plane is away.
+//!
+//! The mesh: client → proxy A (`client-0`, explicit outbound) → proxy B (`web-0`) → the demo
+//! app `web`, with mTLS between the proxies (certificates from the control plane's CA).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use trellis_test_support::discovery::{PushMesh, PushedProxy, proxy_row, spiffe_id};
+use trellis_test_support::proxy::STARTUP;
+use trellis_test_support::{DemoApp, Metrics, Process, RawResponse, http_request, wait_until};
+
+use crate::{log_str, trellis};
+
+/// How long a pushed change may take to show: the directory is polled every 500 ms, pushes
+/// wait 50 ms of quiet; generous for a debug build on two busy cores.
+const PUSH: Duration = Duration::from_secs(15);
+
+/// B's pushed config: the app's port.
+fn web_config(app: &DemoApp) -> String {
+    format!(
+        "node: {{ name: web-0, namespace: test, workload: web }}
+app: {{ ports: [ {{ port: {port}, protocol: http }} ] }}
+",
+        port = app.http_port()
+    )
+}
+
+/// A's pushed config: `web.test:80` at B (which must prove it is `web`), and `extra` YAML.
+fn client_config(app: &DemoApp, web_mesh: SocketAddr, extra: &str) -> String {
+    format!(
+        "node: {{ name: client-0, namespace: test, workload: client }}
+services:
+  - name: web
+    namespace: test
+    ports: [ {{ name: http, port: 80, protocol: http }} ]
+    endpoints:
+      - address: 127.0.0.1
+        ports: {{ http: {port} }}
+        mesh: {web_mesh}
+        workload: web
+        identity: {id}
+{extra}",
+        port = app.http_port(),
+        id = spiffe_id("web"),
+    )
+}
+
+/// A mesh with both proxies ready on their first push, and a request through it.
+struct Running {
+    mesh: PushMesh,
+    control: Option<Process>,
+    app: DemoApp,
+    web: PushedProxy,
+    client: PushedProxy,
+}
+
+impl Running {
+    fn start() -> Running {
+        let t = trellis();
+        let mesh = PushMesh::new(&t);
+        let control = mesh.start_control();
+        let app = DemoApp::start(&t, "web");
+        let mut web = mesh.start_proxy("web-0", "web", true, "");
+        let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
+        mesh.write_config("web-0.yaml", &web_config(&app));
+        mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+        web.wait_ready(STARTUP);
+        client.wait_ready(STARTUP);
+        let running = Running {
+            mesh,
+            control: Some(control),
+            app,
+            web,
+            client,
+        };
+        let response = running.get();
+        assert_eq!(response.status, 200, "{}", running.diagnostics());
+        running.synced(&["web-0", "client-0"]);
+        running
+    }
+
+    /// GET http://web.test/headers through A.
+    fn get(&self) -> RawResponse {
+        http_request(
+            self.client.outbound(),
+            "GET",
+            "http://web.test/headers",
+            &[],
+            b"",
+        )
+    }
+
+    /// `/debug/proxies` once every proxy in `names` is connected and synced.
+    fn synced(&self, names: &[&str]) -> Value {
+        self.mesh
+            .proxies_when(PUSH, |json| {
+                names
+                    .iter()
+                    .all(|n| proxy_row(json, n)["state"] == "synced")
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "not all of {names:?} synced: {:?}\n{}",
+                    self.mesh.proxies(),
+                    self.diagnostics()
+                )
+            })
+    }
+
+    fn control_stderr(&self) -> String {
+        self.control
+            .as_ref()
+            .map(Process::stderr)
+            .unwrap_or_default()
+    }
+
+    fn control_metrics(&self) -> Metrics {
+        let response = http_request(self.mesh.admin(), "GET", "/metrics", &[], b"");
+        assert_eq!(response.status, 200, "{}", response.text());
+        Metrics::parse(&response.text())
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "--- control ---\n{}\n--- client-0 ---\n{}\n--- web-0 ---\n{}\n--- app ---\n{}",
+            self.control
+                .as_ref()
+                .map(|c| c.stderr_tail(30))
+                .unwrap_or_default(),
+            self.client.diagnostics(),
+            self.web.diagnostics(),
+            self.app.diagnostics(),
+        )
+    }
+}
+
+/// (a) The proxies connect, get their certificates and wait, not ready, until the control
+/// plane has a config for them; the first push makes them ready, and requests flow A → B over
+/// mutual TLS with the pushed services.
+#[test]
+fn proxies_become_ready_with_the_first_push_and_traffic_flows() {
+    let t = trellis();
+    let mesh = PushMesh::new(&t);
+    let control = mesh.start_control();
+    let app = DemoApp::start(&t, "web");
+    let mut web = mesh.start_proxy("web-0", "web", true, "");
+    let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
+
+    // Connected, identified by their certificates, and waiting: no config for them yet.
+    let waiting = mesh.proxies_when(STARTUP, |json| {
+        ["web-0", "client-0"]
+            .iter()
+            .all(|n| proxy_row(json, n)["state"] == "waiting")
+    });
+    let Some(waiting) = waiting else {
+        panic!(
+            "the proxies never connected: {:?}\n{}\n{}\n{}",
+            mesh.proxies(),
+            control.stderr_tail(30),
+            client.diagnostics(),
+            web.diagnostics()
+        );
+    };
+    assert_eq!(
+        proxy_row(&waiting, "web-0")["identity"],
+        spiffe_id("web"),
+        "{waiting}"
+    );
+    assert_eq!(
+        proxy_row(&waiting, "client-0")["admin"],
+        client.admin().to_string()
+    );
+    for proxy in [&web, &client] {
+        assert_eq!(
+            proxy.ready_status(),
+            Some(503),
+            "{} is ready before its first config",
+            proxy.name()
+        );
+        assert_eq!(proxy.config_dump()["applied_version"], Value::Null);
+    }
+    let status = mesh.proxy_status(&[]);
+    assert!(status.status.success(), "{}", status.stderr);
+    let text = status.stdout_text();
+    println!("{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web-0.test") && l.contains("waiting")),
+        "{text}"
+    );
+
+    // The first push: both become ready, and traffic flows.
+    mesh.write_config("web-0.yaml", &web_config(&app));
+    mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+    web.wait_ready(STARTUP);
+    client.wait_ready(STARTUP);
+    assert_eq!(web.ready_status(), Some(200));
+    assert_eq!(client.ready_status(), Some(200));
+    let response = http_request(
+        client.outbound(),
+        "GET",
+        "http://web.test/headers",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}\n{}",
+        response.text(),
+        client.diagnostics(),
+        web.diagnostics()
+    );
+    // Mutual TLS: B knows the caller by its certificate.
+    let line = wait_until(Duration::from_secs(10), || {
+        web.process()
+            .stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| log_str(l, "path") == "/headers")
+    })
+    .unwrap_or_else(|| panic!("no access log line at web-0\n{}", web.diagnostics()));
+    assert_eq!(
+        log_str(&line, "source_principal"),
+        spiffe_id("client"),
+        "{line}"
+    );
+
+    // Both synced, and `proxy-config` finds A's config by name.
+    let json = mesh
+        .proxies_when(PUSH, |json| {
+            ["web-0", "client-0"]
+                .iter()
+                .all(|n| proxy_row(json, n)["state"] == "synced")
+        })
+        .unwrap_or_else(|| panic!("not synced: {:?}", mesh.proxies()));
+    let version = &proxy_row(&json, "client-0")["acked_version"];
+    assert_eq!(client.config_dump()["applied_version"], *version);
+    let out = mesh.proxy_config("client-0");
+    assert!(out.status.success(), "{}", out.stderr);
+    let dump: Value = serde_json::from_slice(&out.stdout).expect("proxy-config prints JSON");
+    assert_eq!(dump["config"]["services"][0]["name"], "web", "{dump}");
+    assert_eq!(dump["applied_version"], *version);
+}
+
+/// (b) A change in the directory reaches the proxy (its `/config_dump` shows it) and
+/// `proxy-status` shows the new version ACKed. The push time is measured and printed.
+#[test]
+fn a_change_on_disk_reaches_the_proxy_and_is_acked() {
+    let r = Running::start();
+    let before = r.client.config_dump()["applied_version"].as_u64();
+
+    let changed = client_config(
+        &r.app,
+        r.web.mesh(),
+        "  - name: api
+    namespace: test
+    ports: [ { name: http, port: 8080, protocol: http } ]
+timeouts: { request: 7s }
+",
+    );
+    // Polled every 2 ms (not wait_until's growing pauses), so that the time measured is the
+    // push's, not the poll's.
+    let start = Instant::now();
+    r.mesh.write_config("client-0.yaml", &changed);
+    let dump = loop {
+        let dump = r.client.config_dump();
+        if dump["config"]["timeouts"]["request"] == "7s" {
+            break dump;
+        }
+        assert!(
+            start.elapsed() < PUSH,
+            "the change never reached client-0\n{}",
+            r.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let push_time = start.elapsed();
+    let services: Vec<&str> = dump["config"]["services"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(services, ["web", "api"], "{dump}");
+    let version = dump["applied_version"]
+        .as_u64()
+        .expect("an applied version");
+    assert!(Some(version) > before, "{before:?} → {version}");
+    // The bootstrap's sections stayed.
+    assert_eq!(dump["config"]["control"], r.mesh.grpc().to_string());
+    assert_eq!(
+        dump["config"]["listeners"]["admin"],
+        r.client.admin().to_string()
+    );
+
+    // The control plane has the ACK.
+    let json = r
+        .mesh
+        .proxies_when(PUSH, |json| {
+            let row = proxy_row(json, "client-0");
+            row["acked_version"] == version && row["state"] == "synced"
+        })
+        .unwrap_or_else(|| panic!("no ACK of v{version}: {:?}", r.mesh.proxies()));
+    let row = proxy_row(&json, "client-0");
+    let ack_latency = row["last_push_latency_ms"].as_f64().unwrap_or(f64::NAN);
+    let status = r.mesh.proxy_status(&[]);
+    let text = status.stdout_text();
+    println!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("client-0.test"))
+        .unwrap_or_else(|| panic!("no client-0 line:\n{text}"));
+    assert!(
+        line.contains(&format!("v{version}")) && line.contains("synced"),
+        "{text}"
+    );
+    // B's config did not change: it was sent nothing new.
+    assert_eq!(
+        proxy_row(&json, "web-0")["sent_version"].as_u64(),
+        proxy_row(&json, "web-0")["acked_version"].as_u64()
+    );
+    assert!(
+        proxy_row(&json, "web-0")["sent_version"].as_u64() < Some(version),
+        "{json}"
+    );
+    println!(
+        "push time: {:.0} ms from the file's rename to the proxy's /config_dump (directory polled \
+         every 500 ms, 50 ms debounce); send → ACK {ack_latency:.1} ms",
+        push_time.as_secs_f64() * 1000.0
+    );
+    let m = r.control_metrics();
+    assert!(
+        m.sum("trellis_discovery_push_latency_seconds_count", &[]) >= 3.0,
+        "{}",
+        m.dump("trellis_discovery")
+    );
+    assert_eq!(r.get().status, 200, "{}", r.diagnostics());
+}
+
+/// (c) An invalid file is refused whole, with its file and line, and nothing is pushed; a valid
+/// config the proxy cannot apply (it changes `listeners`) is NACKed with the reason, the old
+/// config stays in force, traffic still flows, and `proxy-status` shows the NACK.
+#[test]
+fn an_invalid_file_is_refused_and_a_config_the_proxy_cannot_apply_is_nacked() {
+    let r = Running::start();
+    let applied = r.client.config_dump()["applied_version"].clone();
+
+    // Invalid: refused by the control plane with file:line, nothing sent.
+    r.mesh.write_config(
+        "client-0.yaml",
+        "node: { name: client-0, namespace: test }\ntimeouts: { request: soon }\n",
+    );
+    let refused = wait_until(PUSH, || {
+        let stderr = r.control_stderr();
+        stderr.contains("proxy configs refused").then_some(stderr)
+    })
+    .unwrap_or_else(|| panic!("the invalid file was not refused\n{}", r.diagnostics()));
+    assert!(refused.contains("client-0.yaml:2:"), "{refused}");
+    assert!(refused.contains("timeouts.request"), "{refused}");
+    let m = r.control_metrics();
+    assert_eq!(m.sum("trellis_discovery_config_errors_total", &[]), 1.0);
+    assert_eq!(r.client.config_dump()["applied_version"], applied);
+    assert_eq!(r.get().status, 200, "{}", r.diagnostics());
+
+    // Valid, but it moves the admin listener and sets a 9 s request timeout: NACKed whole.
+    let cannot = client_config(
+        &r.app,
+        r.web.mesh(),
+        "listeners: { admin: 127.0.0.1:1, outbound: 127.0.0.1:0 }\ntimeouts: { request: 9s }\n",
+    );
+    r.mesh.write_config("client-0.yaml", &cannot);
+    let json = r
+        .mesh
+        .proxies_when(PUSH, |json| {
+            !proxy_row(json, "client-0")["last_nack"].is_null()
+        })
+        .unwrap_or_else(|| panic!("no NACK: {:?}\n{}", r.mesh.proxies(), r.diagnostics()));
+    let row = proxy_row(&json, "client-0");
+    let reason = row["last_nack"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("restart the proxy to change listeners"),
+        "{json}"
+    );
+    assert_eq!(row["state"], "stale", "{json}");
+    assert_eq!(row["acked_version"], applied, "{json}");
+    let dump = r.client.config_dump();
+    assert_eq!(dump["applied_version"], applied);
+    assert_eq!(dump["config"]["timeouts"]["request"], "15s", "{dump}");
+    assert!(
+        r.client.stderr().contains("refused (NACK)"),
+        "{}",
+        r.client.diagnostics()
+    );
+    assert_eq!(r.get().status, 200, "{}", r.diagnostics());
+
+    let status = r.mesh.proxy_status(&[]);
+    let text = status.stdout_text();
+    println!("{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("client-0.test"))
+        .unwrap_or_else(|| panic!("no client-0 line:\n{text}"));
+    assert!(
+        line.contains("stale") && line.contains("listeners cannot change while the proxy runs"),
+        "{text}"
+    );
+    let m = r.control_metrics();
+    assert_eq!(m.sum("trellis_discovery_nacks_total", &[]), 1.0);
+}
+
+/// (d) Killing the control plane under steady traffic fails no request (the proxies keep their
+/// last good config); restarted, it has them back in sync.
+#[test]
+fn traffic_flows_while_the_control_plane_is_killed_and_restarted() {
+    let mut r = Running::start();
+    let outbound = r.client.outbound();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let r = http_request(outbound, "GET", "http://web.test/status/200", &[], b"");
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(r.status);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    };
+
+    let mut control = r.control.take().expect("a control plane");
+    control.kill();
+    for proxy in [&r.client, &r.web] {
+        let noticed = wait_until(PUSH, || {
+            proxy
+                .stderr()
+                .contains("serving with the last good config")
+                .then_some(())
+        });
+        assert!(
+            noticed.is_some(),
+            "{} did not notice\n{}",
+            proxy.name(),
+            proxy.diagnostics()
+        );
+        assert_eq!(proxy.ready_status(), Some(200));
+    }
+    assert!(
+        r.mesh.proxies().is_none(),
+        "the control plane is still answering"
+    );
+
+    r.control = Some(r.mesh.start_control());
+    let json = r.synced(&["web-0", "client-0"]);
+    for name in ["web-0", "client-0"] {
+        assert_eq!(proxy_row(&json, name)["connected"], true, "{json}");
+    }
+    // Keep going a moment after the reconnection, then stop.
+    let more = r.client.config_dump();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("the traffic thread");
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}\n{}",
+        failed.len(),
+        r.diagnostics()
+    );
+    assert!(ok > 20, "only {ok} requests ran");
+    assert_eq!(more["config"]["services"][0]["name"], "web");
+}
+
+/// (e) Proxies started before the control plane retry (their certificate, then their config)
+/// and become ready once it is up.
+#[test]
+fn a_proxy_started_before_the_control_plane_becomes_ready_once_it_starts() {
+    let t = trellis();
+    let mesh = PushMesh::new(&t);
+    let app = DemoApp::start(&t, "web");
+    let mut web = mesh.start_proxy("web-0", "web", true, "");
+    let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
+    mesh.write_config("web-0.yaml", &web_config(&app));
+    mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+    for proxy in [&web, &client] {
+        let retrying = wait_until(STARTUP, || {
+            proxy.stderr().contains("no certificate yet").then_some(())
+        });
+        assert!(
+            retrying.is_some(),
+            "{} is not retrying\n{}",
+            proxy.name(),
+            proxy.diagnostics()
+        );
+        assert_eq!(proxy.ready_status(), Some(503));
+    }
+
+    let control = mesh.start_control();
+    web.wait_ready(STARTUP);
+    client.wait_ready(STARTUP);
+    let response = http_request(
+        client.outbound(),
+        "GET",
+        "http://web.test/headers",
+        &[],
+        b"",
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}\n{}\n{}",
+        response.text(),
+        control.stderr_tail(30),
+        client.diagnostics(),
+        web.diagnostics()
+    );
+}
