@@ -20,13 +20,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use rustls::DistinguishedName;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, ResolvesServerCert};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -35,8 +30,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use tracing::{Instrument as _, debug, debug_span, info, warn};
 use trellis_identity::{
-    CaError, CertError, CertificateAuthority, Credentials, PeerRole, SpiffeId, SpiffeIdError,
-    VerifyError, WorkloadCert, explain_handshake_error, human,
+    CaError, CertError, CertificateAuthority, Credentials, SpiffeId, SpiffeIdError, VerifyError,
+    WorkloadCert, explain_handshake_error, human,
 };
 use trellis_runtime::DrainWatcher;
 
@@ -77,13 +72,6 @@ pub enum OwnCertError {
     Use(CertError),
 }
 
-/// Verifies a client certificate when one is presented; lets a client without one through.
-#[derive(Debug)]
-struct OptionalClientCert {
-    creds: Arc<Credentials>,
-    algs: WebPkiSupportedAlgorithms,
-}
-
 /// The control plane's SPIFFE ID in `trust_domain`.
 pub fn control_identity(trust_domain: &str) -> Result<SpiffeId, SpiffeIdError> {
     SpiffeId::new(trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
@@ -102,19 +90,7 @@ pub fn own_credentials(
 
 /// The server config of the gRPC port (see the module docs).
 pub fn server_config(creds: &Arc<Credentials>) -> Result<Arc<ServerConfig>, CertError> {
-    let provider = trellis_identity::provider();
-    let verifier = OptionalClientCert {
-        creds: Arc::clone(creds),
-        algs: provider.signature_verification_algorithms,
-    };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(Arc::clone(creds) as Arc<dyn ResolvesServerCert>);
-    config.alpn_protocols = vec![trellis_identity::ALPN_H2.to_vec()];
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    trellis_identity::server_config_optional_client_auth(creds)
 }
 
 /// Accepts TCP connections on `listener` and completes their TLS handshakes concurrently (one
@@ -211,61 +187,6 @@ impl AsyncWrite for TlsConn {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl ClientCertVerifier for OptionalClientCert {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let chain: Vec<CertificateDer<'_>> = std::iter::once(end_entity.clone())
-            .chain(intermediates.iter().cloned())
-            .collect();
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        trellis_identity::verify_chain(&self.creds.bundle(), &chain, now, PeerRole::Client)
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(|refusal| {
-                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                    refusal,
-                ))))
-            })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
 

@@ -40,6 +40,7 @@ pub use key::WorkloadKey;
 pub use spiffe::{SpiffeId, SpiffeIdError, check_trust_domain};
 pub use tls::{
     ALPN_H2, bootstrap_client_config, client_config, peer_identity, provider, server_config,
+    server_config_optional_client_auth,
 };
 pub use verify::{PeerRole, VerifyError, explain_handshake_error, verify_chain};
 pub use workload::WorkloadCert;

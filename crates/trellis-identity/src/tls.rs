@@ -28,10 +28,27 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// A server config for the mesh port: presents `creds`' certificate, requires a client
 /// certificate that chains to `creds`' bundle and carries a SPIFFE ID.
 pub fn server_config(creds: &Arc<Credentials>) -> Result<Arc<ServerConfig>, CertError> {
+    build_server_config(creds, true)
+}
+
+/// Like [`server_config`], for a server some of whose callers have no certificate yet (the
+/// CA's signing service: a first CSR comes with a join token instead). A client certificate
+/// that is presented must verify, or the handshake fails.
+pub fn server_config_optional_client_auth(
+    creds: &Arc<Credentials>,
+) -> Result<Arc<ServerConfig>, CertError> {
+    build_server_config(creds, false)
+}
+
+fn build_server_config(
+    creds: &Arc<Credentials>,
+    client_cert_required: bool,
+) -> Result<Arc<ServerConfig>, CertError> {
     let provider = provider();
     let verifier = ClientIdentityVerifier::new(
         Arc::clone(creds),
         provider.signature_verification_algorithms,
+        client_cert_required,
     );
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?

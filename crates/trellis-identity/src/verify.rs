@@ -97,6 +97,9 @@ pub(crate) struct ServerIdentityVerifier {
 pub(crate) struct ClientIdentityVerifier {
     creds: Arc<Credentials>,
     algs: WebPkiSupportedAlgorithms,
+    /// False for a server that also serves callers without a certificate yet (the CA's
+    /// bootstrap); a certificate that is presented is verified all the same.
+    mandatory: bool,
 }
 
 impl VerifyError {
@@ -236,8 +239,16 @@ impl fmt::Debug for ServerIdentityVerifier {
 }
 
 impl ClientIdentityVerifier {
-    pub(crate) fn new(creds: Arc<Credentials>, algs: WebPkiSupportedAlgorithms) -> Self {
-        ClientIdentityVerifier { creds, algs }
+    pub(crate) fn new(
+        creds: Arc<Credentials>,
+        algs: WebPkiSupportedAlgorithms,
+        mandatory: bool,
+    ) -> Self {
+        ClientIdentityVerifier {
+            creds,
+            algs,
+            mandatory,
+        }
     }
 }
 
@@ -247,7 +258,7 @@ impl ClientCertVerifier for ClientIdentityVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     /// No hints: our clients have one certificate and present it whatever the hints say.

@@ -67,6 +67,7 @@ fn verify_as_server(
     let verifier = ClientIdentityVerifier::new(
         Arc::clone(trusting),
         provider().signature_verification_algorithms,
+        true,
     );
     let (leaf, rest) = split(presented);
     verifier
