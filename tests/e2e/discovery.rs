@@ -1,5 +1,5 @@
-//! Config push (`trellis.discovery.v1`) with real processes: `trellis control --proxy-configs
-//! DIR` pushes each proxy its compiled config over mutual TLS; the proxies start from
+//! Config push (`trellis.discovery.v1`) with real processes: `trellis control --resources
+//! DIR` compiles the resources and pushes each proxy its config over mutual TLS; the proxies start from
 //! bootstraps (`identity.ca` + `control`), are ready only once their first config is applied,
 //! answer every push with ACK or NACK, and keep serving with their last good config while the
 //! control plane is away.
@@ -20,37 +20,44 @@ use trellis_test_support::{DemoApp, Metrics, Process, RawResponse, http_request,
 
 use crate::{log_str, trellis};
 
-/// How long a pushed change may take to show: the directory is polled every 500 ms, pushes
+/// How long a pushed change may take to show: the directory is polled every 250 ms, pushes
 /// wait 50 ms of quiet; generous for a debug build on two busy cores.
 const PUSH: Duration = Duration::from_secs(15);
 
-/// B's pushed config: the app's port.
-fn web_config(app: &DemoApp) -> String {
+/// The Service `web` and its one Workload `web-0` (whose sidecar is B).
+fn web_resources(app: &DemoApp, web_mesh: SocketAddr) -> String {
     format!(
-        "node: {{ name: web-0, namespace: test, workload: web }}
-app: {{ ports: [ {{ port: {port}, protocol: http }} ] }}
+        "apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: {{ name: web, namespace: test }}
+spec:
+  selector: {{ app: web }}
+  ports: [ {{ name: http, port: 80, protocol: http }} ]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Workload
+metadata: {{ name: web-0, namespace: test, labels: {{ app: web }} }}
+spec:
+  serviceAccount: web
+  address: 127.0.0.1
+  ports: {{ http: {port} }}
+  proxy: {{ mesh: {web_mesh} }}
 ",
-        port = app.http_port()
+        port = app.http_port(),
     )
 }
 
-/// A's pushed config: `web.test:80` at B (which must prove it is `web`), and `extra` YAML.
-fn client_config(app: &DemoApp, web_mesh: SocketAddr, extra: &str) -> String {
+/// The Workload `client-0` (whose sidecar is A), and `extra` documents.
+fn client_resources(client_mesh: SocketAddr, extra: &str) -> String {
     format!(
-        "node: {{ name: client-0, namespace: test, workload: client }}
-services:
-  - name: web
-    namespace: test
-    ports: [ {{ name: http, port: 80, protocol: http }} ]
-    endpoints:
-      - address: 127.0.0.1
-        ports: {{ http: {port} }}
-        mesh: {web_mesh}
-        workload: web
-        identity: {id}
-{extra}",
-        port = app.http_port(),
-        id = spiffe_id("web"),
+        "apiVersion: trellis.dev/v1alpha1
+kind: Workload
+metadata: {{ name: client-0, namespace: test, labels: {{ app: client }} }}
+spec:
+  serviceAccount: client
+  address: 127.0.0.1
+  proxy: {{ mesh: {client_mesh} }}
+{extra}"
     )
 }
 
@@ -70,9 +77,9 @@ impl Running {
         let control = mesh.start_control();
         let app = DemoApp::start(&t, "web");
         let mut web = mesh.start_proxy("web-0", "web", true, "");
-        let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
-        mesh.write_config("web-0.yaml", &web_config(&app));
-        mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+        let mut client = mesh.start_proxy("client-0", "client", true, "outbound: 127.0.0.1:0");
+        mesh.write_resources("web.yaml", &web_resources(&app, web.mesh()));
+        mesh.write_resources("client.yaml", &client_resources(client.mesh(), ""));
         web.wait_ready(STARTUP);
         client.wait_ready(STARTUP);
         let running = Running {
@@ -153,7 +160,7 @@ fn proxies_become_ready_with_the_first_push_and_traffic_flows() {
     let control = mesh.start_control();
     let app = DemoApp::start(&t, "web");
     let mut web = mesh.start_proxy("web-0", "web", true, "");
-    let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
+    let mut client = mesh.start_proxy("client-0", "client", true, "outbound: 127.0.0.1:0");
 
     // Connected, identified by their certificates, and waiting: no config for them yet.
     let waiting = mesh.proxies_when(STARTUP, |json| {
@@ -199,8 +206,8 @@ fn proxies_become_ready_with_the_first_push_and_traffic_flows() {
     );
 
     // The first push: both become ready, and traffic flows.
-    mesh.write_config("web-0.yaml", &web_config(&app));
-    mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+    mesh.write_resources("web.yaml", &web_resources(&app, web.mesh()));
+    mesh.write_resources("client.yaml", &client_resources(client.mesh(), ""));
     web.wait_ready(STARTUP);
     client.wait_ready(STARTUP);
     assert_eq!(web.ready_status(), Some(200));
@@ -259,22 +266,25 @@ fn a_change_on_disk_reaches_the_proxy_and_is_acked() {
     let r = Running::start();
     let before = r.client.config_dump()["applied_version"].as_u64();
 
-    let changed = client_config(
-        &r.app,
-        r.web.mesh(),
-        "  - name: api
-    namespace: test
-    ports: [ { name: http, port: 8080, protocol: http } ]
-timeouts: { request: 7s }
+    // A PeerAuthentication for the client alone: its config changes, web-0's does not.
+    let changed = client_resources(
+        r.client.mesh(),
+        "---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: { name: client-strict, namespace: test }
+spec:
+  selector: { matchLabels: { app: client } }
+  mtls: { mode: STRICT }
 ",
     );
     // Polled every 2 ms (not wait_until's growing pauses), so that the time measured is the
     // push's, not the poll's.
     let start = Instant::now();
-    r.mesh.write_config("client-0.yaml", &changed);
+    r.mesh.write_resources("client.yaml", &changed);
     let dump = loop {
         let dump = r.client.config_dump();
-        if dump["config"]["timeouts"]["request"] == "7s" {
+        if dump["config"]["mtls"] == "strict" {
             break dump;
         }
         assert!(
@@ -289,7 +299,7 @@ timeouts: { request: 7s }
         .as_array()
         .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
         .unwrap_or_default();
-    assert_eq!(services, ["web", "api"], "{dump}");
+    assert_eq!(services, ["web"], "{dump}");
     let version = dump["applied_version"]
         .as_u64()
         .expect("an applied version");
@@ -333,7 +343,7 @@ timeouts: { request: 7s }
     );
     println!(
         "push time: {:.0} ms from the file's rename to the proxy's /config_dump (directory polled \
-         every 500 ms, 50 ms debounce); send → ACK {ack_latency:.1} ms",
+         every 250 ms, 50 ms debounce); send → ACK {ack_latency:.1} ms",
         push_time.as_secs_f64() * 1000.0
     );
     let m = r.control_metrics();
@@ -346,7 +356,7 @@ timeouts: { request: 7s }
 }
 
 /// (c) An invalid file is refused whole, with its file and line, and nothing is pushed; a valid
-/// config the proxy cannot apply (it changes `listeners`) is NACKed with the reason, the old
+/// config the proxy cannot apply (its app on its own admin port) is NACKed with the reason, the old
 /// config stays in force, traffic still flows, and `proxy-status` shows the NACK.
 #[test]
 fn an_invalid_file_is_refused_and_a_config_the_proxy_cannot_apply_is_nacked() {
@@ -354,29 +364,49 @@ fn an_invalid_file_is_refused_and_a_config_the_proxy_cannot_apply_is_nacked() {
     let applied = r.client.config_dump()["applied_version"].clone();
 
     // Invalid: refused by the control plane with file:line, nothing sent.
-    r.mesh.write_config(
-        "client-0.yaml",
-        "node: { name: client-0, namespace: test }\ntimeouts: { request: soon }\n",
+    r.mesh.write_resources(
+        "client.yaml",
+        &client_resources(r.client.mesh(), "").replace("address: 127.0.0.1", "address: here"),
     );
     let refused = wait_until(PUSH, || {
         let stderr = r.control_stderr();
-        stderr.contains("proxy configs refused").then_some(stderr)
+        stderr.contains("change refused").then_some(stderr)
     })
     .unwrap_or_else(|| panic!("the invalid file was not refused\n{}", r.diagnostics()));
-    assert!(refused.contains("client-0.yaml:2:"), "{refused}");
-    assert!(refused.contains("timeouts.request"), "{refused}");
+    assert!(refused.contains("client.yaml:6:"), "{refused}");
+    assert!(refused.contains("spec.address"), "{refused}");
     let m = r.control_metrics();
     assert_eq!(m.sum("trellis_discovery_config_errors_total", &[]), 1.0);
+    let json = r.mesh.proxies().expect("the control plane answers");
+    let errors = json["config"]["refused"]["errors"].to_string();
+    assert!(errors.contains("client.yaml:6:"), "{json}");
+    let text = r.mesh.proxy_status(&[]).stdout_text();
+    assert!(
+        text.contains("last change REFUSED") && text.contains("client.yaml:6:"),
+        "{text}"
+    );
     assert_eq!(r.client.config_dump()["applied_version"], applied);
     assert_eq!(r.get().status, 200, "{}", r.diagnostics());
 
-    // Valid, but it moves the admin listener and sets a 9 s request timeout: NACKed whole.
-    let cannot = client_config(
-        &r.app,
-        r.web.mesh(),
-        "listeners: { admin: 127.0.0.1:1, outbound: 127.0.0.1:0 }\ntimeouts: { request: 9s }\n",
+    // Valid, but the client's app would be on its own admin port: the proxy refuses (NACK)
+    // what would loop its traffic back into itself, and keeps the config it has. web-0 takes
+    // the new Service `client`.
+    let cannot = client_resources(
+        r.client.mesh(),
+        "---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: client, namespace: test }
+spec:
+  selector: { app: client }
+  ports: [ { name: http, port: 80, protocol: http } ]
+",
+    )
+    .replace(
+        "  proxy:",
+        &format!("  ports: {{ http: {} }}\n  proxy:", r.client.admin().port()),
     );
-    r.mesh.write_config("client-0.yaml", &cannot);
+    r.mesh.write_resources("client.yaml", &cannot);
     let json = r
         .mesh
         .proxies_when(PUSH, |json| {
@@ -385,15 +415,16 @@ fn an_invalid_file_is_refused_and_a_config_the_proxy_cannot_apply_is_nacked() {
         .unwrap_or_else(|| panic!("no NACK: {:?}\n{}", r.mesh.proxies(), r.diagnostics()));
     let row = proxy_row(&json, "client-0");
     let reason = row["last_nack"]["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("restart the proxy to change listeners"),
-        "{json}"
-    );
+    assert!(reason.contains("loop back into the proxy"), "{json}");
     assert_eq!(row["state"], "stale", "{json}");
     assert_eq!(row["acked_version"], applied, "{json}");
     let dump = r.client.config_dump();
     assert_eq!(dump["applied_version"], applied);
-    assert_eq!(dump["config"]["timeouts"]["request"], "15s", "{dump}");
+    assert_eq!(
+        dump["config"]["app"]["ports"],
+        serde_json::json!([]),
+        "{dump}"
+    );
     assert!(
         r.client.stderr().contains("refused (NACK)"),
         "{}",
@@ -409,7 +440,7 @@ fn an_invalid_file_is_refused_and_a_config_the_proxy_cannot_apply_is_nacked() {
         .find(|l| l.starts_with("client-0.test"))
         .unwrap_or_else(|| panic!("no client-0 line:\n{text}"));
     assert!(
-        line.contains("stale") && line.contains("listeners cannot change while the proxy runs"),
+        line.contains("stale") && line.contains("app.ports[0].port: the app"),
         "{text}"
     );
     let m = r.control_metrics();
@@ -490,9 +521,9 @@ fn a_proxy_started_before_the_control_plane_becomes_ready_once_it_starts() {
     let mesh = PushMesh::new(&t);
     let app = DemoApp::start(&t, "web");
     let mut web = mesh.start_proxy("web-0", "web", true, "");
-    let mut client = mesh.start_proxy("client-0", "client", false, "outbound: 127.0.0.1:0");
-    mesh.write_config("web-0.yaml", &web_config(&app));
-    mesh.write_config("client-0.yaml", &client_config(&app, web.mesh(), ""));
+    let mut client = mesh.start_proxy("client-0", "client", true, "outbound: 127.0.0.1:0");
+    mesh.write_resources("web.yaml", &web_resources(&app, web.mesh()));
+    mesh.write_resources("client.yaml", &client_resources(client.mesh(), ""));
     for proxy in [&web, &client] {
         let retrying = wait_until(STARTUP, || {
             proxy.stderr().contains("no certificate yet").then_some(())

@@ -1,5 +1,6 @@
 //! Wiring: one function that builds a whole control plane from its config.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use trellis_identity::{CaError, CertError, CertificateAuthority, SpiffeId, SpiffeIdError, human};
+use trellis_model::resources::{CompileOptions, WorkloadProxy};
 use trellis_runtime::{
     Admin, DrainOutcome, DrainTrigger, LogHandle, Readiness, ShutdownKind, admin,
 };
@@ -18,8 +20,8 @@ use trellis_runtime::{
 use crate::ca::{self, CaService};
 use crate::discovery::DiscoveryService;
 use crate::metrics::{self, Metrics};
-use crate::proxy_configs::{LoadErrors, ProxyConfigDir};
-use crate::push::{self, ConfigStore};
+use crate::push::{self, ConfigStore, NodeKey};
+use crate::sources::{LoadError, ResourceDir, SourceStatus};
 use crate::status::StatusBoard;
 use crate::tls::{self, OwnCertError};
 use crate::token::{JoinTokenKey, TokenKeyError};
@@ -33,9 +35,11 @@ pub struct Config {
     pub trust_domain: Option<String>,
     pub listen: ListenConfig,
     pub ca: ca::Config,
-    /// Compiled proxy configs to push, one file per proxy (`--proxy-configs`); see
-    /// [`crate::proxy_configs`]. None: the store starts empty and proxies wait.
-    pub proxy_configs: Option<PathBuf>,
+    /// The directory of resources to compile and push (`--resources`); see
+    /// [`crate::sources`]. None: the store starts empty and proxies wait.
+    pub resources: Option<PathBuf>,
+    /// Sidecar addresses for Workloads whose resource names none (`trellis up`).
+    pub sidecars: BTreeMap<NodeKey, WorkloadProxy>,
     /// How pushes are batched.
     pub push: push::Config,
     /// How long SIGTERM waits for open connections.
@@ -62,6 +66,8 @@ pub struct Bound {
     pub store: ConfigStore,
     /// Every proxy's sync state (`/debug/proxies`).
     pub board: StatusBoard,
+    /// The resources in force and the last change refused.
+    pub source: SourceStatus,
     trigger: DrainTrigger,
 }
 
@@ -99,8 +105,8 @@ pub enum BuildError {
     OwnCert(OwnCertError),
     #[error("cannot build the gRPC port's TLS configuration: {0}")]
     Tls(CertError),
-    #[error("invalid proxy configs:\n{0}")]
-    ProxyConfigs(LoadErrors),
+    #[error("{}", .0.lines().join("\n"))]
+    Resources(LoadError),
     #[error(
         "cannot listen on {addr} for the {listener} port: {source} (is another control plane running there?)"
     )]
@@ -129,7 +135,8 @@ impl Config {
             trust_domain: None,
             listen: ListenConfig::default(),
             ca: ca::Config::default(),
-            proxy_configs: None,
+            resources: None,
+            sidecars: BTreeMap::new(),
             push: push::Config::default(),
             drain_grace: Duration::from_secs(10),
         }
@@ -196,13 +203,17 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
     let creds = tls::own_credentials(&ca, &identity, own_ttl).map_err(BuildError::OwnCert)?;
     let tls_config = tls::server_config(&creds).map_err(BuildError::Tls)?;
 
-    // The proxy configs to push, read and validated before anything runs.
-    let proxy_configs = match &config.proxy_configs {
+    // The resources, read, validated and compiled before anything runs.
+    let resources = match &config.resources {
         Some(path) => {
-            let dir = ProxyConfigDir::new(path);
+            let options = CompileOptions {
+                trust_domain: ca.trust_domain().to_owned(),
+                ..CompileOptions::default()
+            };
+            let dir = ResourceDir::new(path, options).with_sidecars(config.sidecars.clone());
             let (seen, loaded) = dir.load();
-            let configs = loaded.map_err(BuildError::ProxyConfigs)?;
-            Some((dir, seen, configs))
+            let compiled = loaded.map_err(BuildError::Resources)?;
+            Some((dir, seen, compiled))
         }
         None => None,
     };
@@ -219,26 +230,32 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
     let (trigger, drain) = trellis_runtime::drain::new();
     let readiness = Readiness::new();
 
-    // Config push: the store the streams read, fed by the proxy configs directory (polled).
+    // Config push: the store the streams read, fed by the resources directory (polled).
     let store = ConfigStore::new(config.push);
     let board = StatusBoard::new();
-    if let Some((dir, seen, configs)) = proxy_configs {
-        let proxies = configs.len();
-        let version = store.set(configs);
-        info!(dir = %dir.path().display(), %version, proxies, "proxy configs loaded");
-        tokio::spawn(dir.watch(store.clone(), metrics.clone(), seen, drain.clone()));
+    let source = SourceStatus::default();
+    if let Some((dir, seen, compiled)) = resources {
+        dir.apply(compiled, &store, &source);
+        tokio::spawn(dir.watch(
+            store.clone(),
+            metrics.clone(),
+            source.clone(),
+            seen,
+            drain.clone(),
+        ));
     }
 
     // Admin: health, metrics, log level, every proxy's sync state.
     let admin = {
         let metrics = metrics.clone();
-        let (store, board) = (store.clone(), board.clone());
+        let (store, board, source) = (store.clone(), board.clone(), source.clone());
         Admin::new(readiness.clone(), log)
             .route("/metrics", move |_| {
                 admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
             })
             .route("/debug/proxies", move |_| {
-                let json = board.to_json(&store.published(), SystemTime::now());
+                let mut json = board.to_json(&store.published(), SystemTime::now());
+                json["config"] = source.to_json();
                 admin::response(StatusCode::OK, admin::JSON, json.to_string())
             })
     };
@@ -299,6 +316,7 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
         readiness,
         store,
         board,
+        source,
         trigger,
     })
 }

@@ -1,8 +1,7 @@
 //! The Trellis control plane (DESIGN §5, §3): the mesh CA's signing service,
 //! `trellis.ca.v1.CertificateService`, with join tokens for bootstrap, and config push,
-//! `trellis.discovery.v1.Discovery`, both on one TLS gRPC port. Today the configs pushed come
-//! compiled from a directory (`--proxy-configs`); the directory of user resources and its
-//! compiler replace that input next.
+//! `trellis.discovery.v1.Discovery`, both on one TLS gRPC port. The configs pushed are
+//! compiled from a directory of resources (`--resources`), watched for changes.
 //!
 //! - [`app`]: [`build`] wires a whole control plane from a [`Config`] and returns [`Bound`].
 //! - [`ca`]: the signing service; who may have which certificate, and why not.
@@ -12,15 +11,15 @@
 //! - [`push`]: the [`ConfigStore`] of every proxy's config, versioned and debounced.
 //! - [`discovery`]: the stream per proxy: identity, Hello, Config, ACK/NACK.
 //! - [`status`]: each proxy's sync state, served at `/debug/proxies`.
-//! - [`proxy_configs`]: the `--proxy-configs` directory, polled for changes.
+//! - [`sources`]: the `--resources` directory: read, validated, compiled, polled for changes.
 //! - [`metrics`]: certificates issued and refused; pushes, their latency, NACKs, streams.
 
 pub mod app;
 pub mod ca;
 pub mod discovery;
 pub mod metrics;
-pub mod proxy_configs;
 pub mod push;
+pub mod sources;
 pub mod status;
 pub mod tls;
 pub mod token;

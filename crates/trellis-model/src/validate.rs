@@ -158,7 +158,7 @@ fn check(decoded: &Decoded) -> Vec<Problem> {
     }
     c.dns_label("node.namespace", &config.node.namespace);
     c.listeners(&config.listeners);
-    c.app(&config.app);
+    c.app(&config.app, &config.listeners);
     c.services(&config.services);
     c.timeouts("timeouts", &config.timeouts);
     if let Some(identity) = &config.identity {
@@ -272,12 +272,36 @@ impl Checker<'_> {
         }
     }
 
-    fn app(&mut self, app: &App) {
+    /// App ports are unique, and none is where one of the proxy's own listeners binds: the
+    /// proxy would forward the app's traffic to itself, for ever.
+    fn app(&mut self, app: &App, l: &Listeners) {
         let ports = app.ports.iter().enumerate();
         self.unique(
             ports.map(|(i, p)| (format!("app.ports[{i}].port"), p.port)),
             |p| format!("port {p}"),
         );
+        let listeners = [
+            ("admin", Some(l.admin)),
+            ("outbound", l.outbound),
+            ("outbound_transparent", l.outbound_transparent),
+            ("inbound", l.inbound),
+            ("mesh", l.mesh),
+        ];
+        for (i, port) in app.ports.iter().enumerate() {
+            let target = SocketAddr::new(app.address, port.port);
+            let own = listeners
+                .iter()
+                .filter_map(|(name, addr)| Some((*name, (*addr)?)))
+                .find(|(_, addr)| addr.port() != 0 && overlaps(target, *addr));
+            if let Some((name, addr)) = own {
+                let path = format!("app.ports[{i}].port");
+                let reason = format!(
+                    "the app at {target} would be the proxy's own {name} listener ({addr}): \
+                     its traffic would loop back into the proxy"
+                );
+                self.report(&path, &[], reason);
+            }
+        }
     }
 
     fn services(&mut self, services: &[Service]) {

@@ -1,7 +1,7 @@
 //! A mesh configured by the control plane (config push): a CA, `trellis control` on fixed
 //! ports (so that proxies can be started before it, and it can be restarted under them), the
-//! directory of compiled proxy configs it pushes (`--proxy-configs`), and proxies whose config
-//! file is a bootstrap (`identity.ca` + `control`).
+//! directory of resources it compiles and pushes (`--resources`), and proxies whose config
+//! file is a bootstrap (`identity.ca` + `control`). A proxy's node name is its Workload's.
 //!
 //! A pushed proxy is not ready (and writes no ready file) until its first config is applied,
 //! so its admin and mesh listeners are on ports chosen here, known before it is ready; so are
@@ -27,7 +27,7 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The namespace of every workload in it.
 pub const NAMESPACE: &str = "test";
 
-/// The CA, the control plane's addresses and the configs directory.
+/// The CA, the control plane's addresses and the resources directory.
 #[derive(Debug)]
 pub struct PushMesh {
     trellis: Trellis,
@@ -54,7 +54,7 @@ pub fn spiffe_id(sa: &str) -> String {
 }
 
 impl PushMesh {
-    /// `trellis ca init`, an empty configs directory, and two free ports for the control
+    /// `trellis ca init`, an empty resources directory, and two free ports for the control
     /// plane (not started: see [`PushMesh::start_control`]).
     pub fn new(trellis: &Trellis) -> PushMesh {
         let dir = TestDir::new("push-mesh");
@@ -64,7 +64,7 @@ impl PushMesh {
             .args(["--trust-domain", TRUST_DOMAIN]);
         let out = run("trellis ca init", init, Duration::from_secs(30));
         assert!(out.status.success(), "ca init failed: {}", out.stderr);
-        std::fs::create_dir_all(dir.join("configs")).expect("create the configs dir");
+        std::fs::create_dir_all(dir.join("resources")).expect("create the resources dir");
         PushMesh {
             trellis: trellis.clone(),
             grpc: SocketAddr::from(([127, 0, 0, 1], fixed_port())),
@@ -78,8 +78,8 @@ impl PushMesh {
         self.dir.join("ca")
     }
 
-    pub fn configs_dir(&self) -> PathBuf {
-        self.dir.join("configs")
+    pub fn resources_dir(&self) -> PathBuf {
+        self.dir.join("resources")
     }
 
     /// The control plane's gRPC address (the CA and discovery).
@@ -92,7 +92,7 @@ impl PushMesh {
         self.admin
     }
 
-    /// Starts `trellis control --proxy-configs DIR` on this mesh's ports and waits for its
+    /// Starts `trellis control --resources DIR` on this mesh's ports and waits for its
     /// ready file. Call again after the previous one is gone to restart it.
     pub fn start_control(&self) -> Process {
         let n = self.starts.fetch_add(1, Ordering::Relaxed);
@@ -106,8 +106,8 @@ impl PushMesh {
             .arg(self.grpc.to_string())
             .arg("--admin")
             .arg(self.admin.to_string())
-            .arg("--proxy-configs")
-            .arg(self.configs_dir())
+            .arg("--resources")
+            .arg(self.resources_dir())
             .arg("--ready-file")
             .arg(&ready);
         let mut process = Process::spawn(&format!("control-{n}"), command);
@@ -120,10 +120,11 @@ impl PushMesh {
         process
     }
 
-    /// Writes `yaml` as `name` in the configs directory, whole (temporary file, then rename).
-    pub fn write_config(&self, name: &str, yaml: &str) {
+    /// Writes `yaml` as `name` in the resources directory, whole (temporary file, then
+    /// rename).
+    pub fn write_resources(&self, name: &str, yaml: &str) {
         let tmp = self.dir.write(&format!("{name}.tmp"), yaml);
-        let path = self.configs_dir().join(name);
+        let path = self.resources_dir().join(name);
         std::fs::rename(&tmp, &path)
             .unwrap_or_else(|e| panic!("cannot move {} to {}: {e}", tmp.display(), path.display()));
     }
@@ -143,7 +144,7 @@ impl PushMesh {
             all.push(listeners.to_owned());
         }
         let bootstrap = format!(
-            "node: {{ name: {node}, namespace: {NAMESPACE}, workload: {sa} }}
+            "node: {{ name: {node}, namespace: {NAMESPACE} }}
 listeners: {{ {listeners} }}
 identity:
   id: {id}

@@ -7,10 +7,12 @@
 //! DIR or a file in it cannot be read.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
+use std::process::ExitCode;
+use trellis_control::sources::{Files, read_files};
+
+use trellis_model::ConfigErrors;
 use trellis_model::resources::{CompileOptions, Compiler, Kind, Resources};
-use trellis_model::{ConfigError, ConfigErrors};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckArgs {
@@ -45,45 +47,21 @@ const INVALID: u8 = 1;
 const UNREADABLE: u8 = 2;
 
 pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let mut paths = Vec::new();
-    if let Err(error) = find_files(&args.dir, &mut paths) {
-        eprintln!("trellis: cannot read {}: {error}", args.dir.display());
-        return Ok(ExitCode::from(UNREADABLE));
-    }
-    paths.sort();
-    if paths.is_empty() {
+    let Files { texts, mut errors } = match read_files(&args.dir) {
+        Ok(files) => files,
+        Err((path, error)) => {
+            eprintln!("trellis: cannot read {}: {error}", path.display());
+            return Ok(ExitCode::from(UNREADABLE));
+        }
+    };
+    if texts.is_empty() && errors.is_empty() {
         eprintln!(
             "trellis: no *.yaml or *.yml files under {}",
             args.dir.display()
         );
         return Ok(ExitCode::from(INVALID));
     }
-
-    // Read every file; text that is not UTF-8 is an error in that file, like any other.
-    let mut files: Vec<(String, String)> = Vec::new();
-    let mut errors: Vec<ConfigError> = Vec::new();
-    for path in &paths {
-        let name = path.display().to_string();
-        match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => files.push((name, text)),
-                Err(e) => errors.push(ConfigError {
-                    file: name,
-                    line: None,
-                    column: None,
-                    field: String::new(),
-                    reason: format!(
-                        "not UTF-8 text (invalid byte at offset {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                }),
-            },
-            Err(error) => {
-                eprintln!("trellis: cannot read {name}: {error}");
-                return Ok(ExitCode::from(UNREADABLE));
-            }
-        }
-    }
+    let files = texts;
     let resources = match Resources::load(&files) {
         Ok(resources) if errors.is_empty() => resources,
         Ok(_) => return Ok(report(&args.dir, ConfigErrors(errors))),
@@ -117,34 +95,6 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     print!("{text}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Every `*.yaml`/`*.yml` file at or under `path`, not following links to directories.
-fn find_files(path: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if std::fs::metadata(path)?.is_file() {
-        found.push(path.to_path_buf());
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(path)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            find_files(&path, found)?;
-        } else if is_yaml(&path) && std::fs::metadata(&path)?.is_file() {
-            found.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn is_yaml(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|ext| ext == "yaml" || ext == "yml")
 }
 
 /// `ok: 12 resources (Services: 6, Workloads: 5, HTTPRoutes: 1)`: the kinds present.

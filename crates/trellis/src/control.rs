@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! trellis control --ca-dir DIR [--listen 127.0.0.1:15010] [--admin 127.0.0.1:15014]
-//!                 [--proxy-configs DIR] [--ready-file PATH] [--cert-ttl 24h] [--max-cert-ttl D]
+//!                 [--resources DIR] [--ready-file PATH] [--cert-ttl 24h] [--max-cert-ttl D]
 //! trellis control token --ca-dir DIR --id SPIFFE_ID [--ttl 1h]
 //! ```
 
@@ -46,11 +46,11 @@ struct ServeArgs {
     /// Admin HTTP: /ready, /live, /metrics, /logging, /debug/proxies.
     #[arg(long, default_value = "127.0.0.1:15014")]
     admin: SocketAddr,
-    /// Compiled proxy configs to push: every *.yaml in DIR is one proxy's config (the format
-    /// `trellis proxy --config` reads), for the proxy its `node` names. Re-read on change; an
-    /// invalid file refuses the change and the configs in force stay.
+    /// The mesh's resources (Services, Workloads, routes, policies: every *.yaml under DIR,
+    /// as `trellis check DIR` reads them), compiled into each sidecar's config and pushed.
+    /// Watched: an invalid change is refused whole and the config in force stays.
     #[arg(long, value_name = "DIR")]
-    proxy_configs: Option<PathBuf>,
+    resources: Option<PathBuf>,
     /// Once serving, write the bound addresses here as JSON: {"grpc": "...", "admin": "..."}.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -105,7 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     config.ca.default_ttl = args.cert_ttl;
     config.ca.max_ttl = args.max_cert_ttl.unwrap_or(args.cert_ttl);
-    config.proxy_configs = args.proxy_configs;
+    config.resources = args.resources;
     config.drain_grace = args.drain_timeout;
     if let Err(errors) = config.validate() {
         eprintln!("trellis: invalid control plane options:\n{errors}");

@@ -136,6 +136,38 @@ fn find_admin(json: &Value, proxy: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// One line per proxy, under a header line, columns aligned.
+/// The resources line, and the last refused change with its first errors.
+fn source(config: &Value) -> String {
+    let Some(dir) = config["dir"].as_str() else {
+        return String::new();
+    };
+    let mut out = match config["resources"].as_u64() {
+        Some(n) => format!(
+            "resources: {dir}: {n} in force as {} since {}\n",
+            version(&config["version"]),
+            config["since"].as_str().unwrap_or("?"),
+        ),
+        None => format!("resources: {dir}: none in force\n"),
+    };
+    if let Some(errors) = config["refused"]["errors"].as_array() {
+        out.push_str(&format!(
+            "last change REFUSED at {} ({} errors; the config in force stays):\n",
+            config["refused"]["at"].as_str().unwrap_or("?"),
+            errors.len(),
+        ));
+        for error in errors.iter().take(SHOWN_ERRORS) {
+            out.push_str(&format!("  {}\n", error.as_str().unwrap_or("?")));
+        }
+        if errors.len() > SHOWN_ERRORS {
+            out.push_str(&format!("  ... and {} more\n", errors.len() - SHOWN_ERRORS));
+        }
+    }
+    out
+}
+
+/// Errors of a refused change listed by `proxy-status` (all of them in `--json`).
+const SHOWN_ERRORS: usize = 5;
+
 fn render(json: &Value, control_admin: SocketAddr) -> String {
     let rows = json["proxies"].as_array().cloned().unwrap_or_default();
     let mut out = format!(
@@ -144,6 +176,7 @@ fn render(json: &Value, control_admin: SocketAddr) -> String {
         json["connected"].as_u64().unwrap_or(0),
         json["configs"].as_u64().unwrap_or(0),
     );
+    out.push_str(&source(&json["config"]));
     if rows.is_empty() {
         out.push_str("no proxies\n");
         return out;

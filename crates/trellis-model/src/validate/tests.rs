@@ -529,6 +529,21 @@ fn listeners_may_share_port_zero_and_collide_with_the_default_admin() {
 }
 
 #[test]
+fn an_app_port_that_is_one_of_the_proxy_listeners_would_loop() {
+    load_ok("node: { name: a }\napp: { ports: [ { port: 15001, protocol: http } ] }\n");
+    let errors = load_err(
+        "node: { name: a }\nlisteners: { outbound: 0.0.0.0:15001 }\napp:\n  ports:\n    - { port: 8080, protocol: http }\n    - { port: 15001, protocol: http }\n",
+    );
+    assert_error(
+        &errors,
+        6,
+        "app.ports[1].port",
+        "the app at 127.0.0.1:15001 would be the proxy's own outbound listener (0.0.0.0:15001)",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+}
+
+#[test]
 fn syntax_errors_report_their_line() {
     let text = "node:\n  name: a\n services:\n  - name: b\n";
     let errors = ProxyConfig::from_yaml("bad.yaml", text).unwrap_err();
