@@ -40,6 +40,8 @@ pub struct Config {
     pub resources: Option<PathBuf>,
     /// Sidecar addresses for Workloads whose resource names none (`trellis up`).
     pub sidecars: BTreeMap<NodeKey, WorkloadProxy>,
+    /// Resources of the caller's, read with the directory's as `(name, text)` (`trellis up`).
+    pub extra_resources: Vec<(String, String)>,
     /// How pushes are batched.
     pub push: push::Config,
     /// How long SIGTERM waits for open connections.
@@ -137,6 +139,7 @@ impl Config {
             ca: ca::Config::default(),
             resources: None,
             sidecars: BTreeMap::new(),
+            extra_resources: Vec::new(),
             push: push::Config::default(),
             drain_grace: Duration::from_secs(10),
         }
@@ -210,7 +213,9 @@ pub async fn build(config: Config, log: LogHandle) -> Result<Bound, BuildError> 
                 trust_domain: ca.trust_domain().to_owned(),
                 ..CompileOptions::default()
             };
-            let dir = ResourceDir::new(path, options).with_sidecars(config.sidecars.clone());
+            let dir = ResourceDir::new(path, options)
+                .with_sidecars(config.sidecars.clone())
+                .with_extra(config.extra_resources.clone());
             let (seen, loaded) = dir.load();
             let compiled = loaded.map_err(BuildError::Resources)?;
             Some((dir, seen, compiled))

@@ -45,6 +45,8 @@ pub struct ResourceDir {
     options: CompileOptions,
     /// Sidecar addresses for Workloads that name none (`trellis up` assigns them).
     sidecars: BTreeMap<NodeKey, WorkloadProxy>,
+    /// Documents read after the directory's, as `(name, text)` (`trellis up`'s ingress).
+    extra: Vec<(String, String)>,
 }
 
 /// What the directory looked like: each resource file's path, size and modification time.
@@ -99,7 +101,14 @@ impl ResourceDir {
             path: path.into(),
             options,
             sidecars: BTreeMap::new(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds documents of the caller's to every read, after the directory's files.
+    pub fn with_extra(mut self, extra: Vec<(String, String)>) -> ResourceDir {
+        self.extra = extra;
+        self
     }
 
     /// Gives each Workload named here (that names no sidecar of its own) this sidecar.
@@ -129,13 +138,14 @@ impl ResourceDir {
     }
 
     fn load_files(&self) -> Result<Compiled, LoadError> {
-        let files =
+        let mut files =
             read_files(&self.path).map_err(|(path, error)| LoadError::Read { path, error })?;
         if files.texts.is_empty() && files.errors.is_empty() {
             // Allowed (a mesh being set up): no proxy gets a config, and those that have one
             // keep it.
             tracing::warn!(dir = %self.path.display(), "no *.yaml or *.yml files: nothing to push");
         }
+        files.texts.extend(self.extra.iter().cloned());
         let mut resources = match Resources::load(&files.texts) {
             Ok(resources) if files.errors.is_empty() => resources,
             Ok(_) => return Err(LoadError::Invalid(ConfigErrors(files.errors))),

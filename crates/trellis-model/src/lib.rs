@@ -9,7 +9,7 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
-    App, AppPort, Endpoint, Identity, Listeners, MtlsMode, Node, OutboundPolicy, Protocol,
+    App, AppPort, Endpoint, Identity, Ingress, Listeners, MtlsMode, Node, OutboundPolicy, Protocol,
     ProxyConfig, Service, ServicePort, Timeouts,
 };
 pub use resources::{CompileOptions, Resources, compile};

@@ -122,6 +122,20 @@ pub struct Listeners {
     /// Mesh transport: HTTP/2 from peer proxies (mTLS arrives with the identity work).
     #[serde(default)]
     pub mesh: Option<SocketAddr>,
+    /// Ingress: plain HTTP (1.1 or h2c) from outside the mesh, every request sent to one
+    /// service whatever its Host says (the front door `trellis up` prints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<Ingress>,
+}
+
+/// One ingress listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingress {
+    pub address: SocketAddr,
+    /// The service every request goes to, as `host:port` (`frontend.shop:8080`); routed like
+    /// a request the app sent to that authority.
+    pub to: String,
 }
 
 /// The application beside the proxy.
@@ -305,6 +319,7 @@ impl Default for Listeners {
             outbound_transparent: None,
             inbound: None,
             mesh: None,
+            ingress: Vec::new(),
         }
     }
 }

@@ -33,7 +33,7 @@ mod tests;
 mod traffic;
 
 pub use compile::{CompileError, CompileOptions, Compiler, compile};
-pub use mesh::{ServicePortSpec, ServiceSpec, WorkloadProxy, WorkloadSpec};
+pub use mesh::{ServicePortSpec, ServiceSpec, WorkloadProxy, WorkloadRun, WorkloadSpec};
 pub use route::{
     BackendRef, GrpcFilter, GrpcMethodMatch, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec, Header,
     HeaderModifier, HttpFilter, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, MatchKind, Mirror,

@@ -254,12 +254,25 @@ impl Checker<'_> {
             ("inbound", l.inbound),
             ("mesh", l.mesh),
         ];
-        let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
+        let ingress = l
+            .ingress
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("ingress[{i}]"), Some(g.address)));
+        let all = all
+            .into_iter()
+            .map(|(name, addr)| (name.to_owned(), addr))
+            .chain(ingress);
+        let mut bound: Vec<(String, SocketAddr)> = Vec::new();
         for (name, addr) in all {
             let Some(addr) = addr.filter(|a| a.port() != 0) else {
                 continue;
             };
-            let path = format!("listeners.{name}");
+            let path = if name.starts_with("ingress[") {
+                format!("listeners.{name}.address")
+            } else {
+                format!("listeners.{name}")
+            };
             if let Some((other, _)) = bound.iter().find(|(_, b)| overlaps(addr, *b)) {
                 let other_path = format!("listeners.{other}");
                 let reason = format!(

@@ -15,7 +15,7 @@ use trellis_runtime::{
 use crate::forward::Upstreams;
 use crate::inbound::Inbound;
 use crate::metrics::{self, Metrics};
-use crate::outbound::Outbound;
+use crate::outbound::{Entry, Outbound};
 use crate::serve::accept_loop;
 use crate::state::State;
 use crate::xds::Discovery;
@@ -29,13 +29,16 @@ pub struct Bound {
 }
 
 /// The addresses the listeners actually bound (port 0 resolved).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BoundAddrs {
     pub admin: SocketAddr,
     pub outbound: Option<SocketAddr>,
     pub outbound_transparent: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     pub mesh: Option<SocketAddr>,
+    /// Each ingress listener, in the config's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<SocketAddr>,
 }
 
 /// Why a proxy could not start.
@@ -83,12 +86,19 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         bind_opt("outbound_transparent", listeners.outbound_transparent).await?;
     let inbound_listener = bind_opt("inbound", listeners.inbound).await?;
     let mesh_listener = bind_opt("mesh", listeners.mesh).await?;
+    let mut ingress_listeners = Vec::with_capacity(listeners.ingress.len());
+    for ingress in &listeners.ingress {
+        let listener = bind("ingress", ingress.address).await?;
+        let addr = local_addr(&listener, "ingress", ingress.address)?;
+        ingress_listeners.push((listener, addr, Arc::<str>::from(ingress.to.as_str())));
+    }
     let addrs = BoundAddrs {
         admin: local_addr(&admin_listener, "admin", listeners.admin)?,
         outbound: opt_addr(&outbound_listener, "outbound")?,
         outbound_transparent: opt_addr(&transparent_listener, "outbound_transparent")?,
         inbound: opt_addr(&inbound_listener, "inbound")?,
         mesh: opt_addr(&mesh_listener, "mesh")?,
+        ingress: ingress_listeners.iter().map(|(_, addr, _)| *addr).collect(),
     };
 
     // Admin: health, metrics, the config in force (and its version from the control plane),
@@ -96,13 +106,14 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
     let admin = {
         let metrics = metrics.clone();
         let state = state.clone();
+        let bound = addrs.clone();
         Admin::new(readiness.clone(), log)
             .route("/metrics", move |_| {
                 admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
             })
             .route("/config_dump", move |_| {
                 let dump = serde_json::json!({
-                    "bound": addrs,
+                    "bound": bound,
                     "applied_version": *applied_rx.borrow(),
                     "config": &*state.load().config,
                 });
@@ -167,7 +178,7 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
             listener,
             "outbound",
             drain.clone(),
-            move |s, c, d| outbound.clone().serve(s, c, d, false),
+            move |s, c, d| outbound.clone().serve(s, c, d, Entry::Explicit),
         ));
     }
     if let Some(listener) = transparent_listener {
@@ -176,7 +187,18 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
             listener,
             "outbound_transparent",
             drain.clone(),
-            move |s, c, d| outbound.clone().serve(s, c, d, true),
+            move |s, c, d| outbound.clone().serve(s, c, d, Entry::Transparent),
+        ));
+    }
+
+    // Ingress: plain HTTP from outside the mesh, each listener to its one service.
+    for (listener, _, to) in ingress_listeners {
+        let outbound = outbound.clone();
+        tokio::spawn(accept_loop(
+            listener,
+            "ingress",
+            drain.clone(),
+            move |s, c, d| outbound.clone().serve(s, c, d, Entry::Ingress(to.clone())),
         ));
     }
 
@@ -207,6 +229,7 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
         outbound_transparent = ?addrs.outbound_transparent,
         inbound = ?addrs.inbound,
         mesh = ?addrs.mesh,
+        ingress = ?addrs.ingress,
         "proxy ready"
     );
     Ok(Bound {

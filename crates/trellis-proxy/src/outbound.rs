@@ -40,6 +40,17 @@ pub(crate) struct Outbound {
     metrics: Metrics,
 }
 
+/// Which listener accepted a connection.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    /// The explicit proxy (`HTTP_PROXY`): requests name their destination.
+    Explicit,
+    /// Transparent capture: the destination is the connection's original one.
+    Transparent,
+    /// An ingress: every request goes to this `host:port`, whatever its Host says.
+    Ingress(Arc<str>),
+}
+
 /// What one downstream connection brings to each of its requests.
 #[derive(Debug, Clone, Copy)]
 struct ConnCtx {
@@ -71,15 +82,20 @@ impl Outbound {
         }
     }
 
-    /// Serve one connection accepted by the explicit proxy listener (`transparent == false`) or
-    /// the transparent capture listener.
+    /// Serve one connection accepted by the explicit proxy listener, the transparent capture
+    /// listener or an ingress.
     pub(crate) async fn serve(
         self: Arc<Self>,
         stream: TcpStream,
         client: SocketAddr,
         drain: DrainWatcher,
-        transparent: bool,
+        entry: Entry,
     ) {
+        let transparent = matches!(entry, Entry::Transparent);
+        let ingress = match entry {
+            Entry::Ingress(to) => Some(to),
+            _ => None,
+        };
         let snapshot = self.state.load();
         let timeouts = snapshot.timeouts;
         let local = stream.local_addr().unwrap_or(client);
@@ -133,7 +149,7 @@ impl Outbound {
                     orig_dst,
                     version: Version::HTTP_11,
                 };
-                crate::serve::http1(io, timeouts.header, &drain, self.service(ctx)).await;
+                crate::serve::http1(io, timeouts.header, &drain, self.service(ctx, ingress)).await;
             }
             Protocol::Http2 => {
                 let ctx = ConnCtx {
@@ -141,7 +157,7 @@ impl Outbound {
                     orig_dst,
                     version: Version::HTTP_2,
                 };
-                crate::serve::http2(io, &drain, self.service(ctx)).await;
+                crate::serve::http2(io, &drain, self.service(ctx, ingress)).await;
             }
             Protocol::Tls { sni } => match orig_dst {
                 Some(dst) => self.tcp(io, addrs, dst, sni, &snapshot).await,
@@ -162,6 +178,7 @@ impl Outbound {
     fn service(
         self: &Arc<Self>,
         ctx: ConnCtx,
+        ingress: Option<Arc<str>>,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = Response<Body>,
@@ -172,12 +189,18 @@ impl Outbound {
         let this = self.clone();
         service_fn(move |req| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.handle(ctx, req).await) }
+            let ingress = ingress.clone();
+            async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) }
         })
     }
 
     /// One HTTP request from the app.
-    async fn handle(&self, ctx: ConnCtx, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        ctx: ConnCtx,
+        ingress: Option<&str>,
+        mut req: Request<Incoming>,
+    ) -> Response<Body> {
         let snapshot = self.state.load();
         let mut obs = RequestObserver::start(
             &self.metrics,
@@ -187,6 +210,12 @@ impl Outbound {
             ctx.addrs,
         );
         let timeouts = snapshot.timeouts;
+        // An ingress sends every request to its service: as if the client had named it.
+        if let Some(to) = ingress {
+            if let Err(error) = to_ingress(&mut req, to) {
+                return obs.fail(&error, ctx.version);
+            }
+        }
 
         // 1. Where is it going?
         let Some((host, port)) = authority_of(&req).and_then(|a| split_authority(&a)) else {
@@ -566,6 +595,23 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
 fn header_value(addr: SocketAddr) -> HeaderValue {
     // A socket address is always a valid header value.
     HeaderValue::from_str(&addr.to_string()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Points a request that came in at an ingress at the ingress's service (`host:port`);
+/// CONNECT is refused there (an ingress is for HTTP requests, not tunnels).
+fn to_ingress<B>(req: &mut Request<B>, to: &str) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest {
+            reason: "CONNECT is not served by an ingress",
+        });
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = absolute(to, path)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod control;
 mod demo_app;
 mod proxy;
 mod status;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole mesh on this machine: control plane, CA, a sidecar per workload, the
+    /// workloads (the built-in demo shop when no file is given). Ctrl-C stops everything.
+    Up(up::UpArgs),
     /// Run one sidecar proxy from a static config file.
     Proxy(proxy::ProxyArgs),
     /// Run the small HTTP/TCP service the demo and the tests use.
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Up(args) => up::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Ca(args) => ca::run(args).await,
             Command::Cert(args) => cert::run(args).await,

@@ -11,7 +11,15 @@ use crate::validate::yaml::Node;
 
 const SERVICE_FIELDS: &[&str] = &["ports", "selector", "addresses", "hostnames"];
 const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "targetPort"];
-const WORKLOAD_FIELDS: &[&str] = &["labels", "serviceAccount", "address", "ports", "proxy"];
+const WORKLOAD_FIELDS: &[&str] = &[
+    "labels",
+    "serviceAccount",
+    "address",
+    "ports",
+    "proxy",
+    "run",
+];
+const WORKLOAD_RUN_FIELDS: &[&str] = &["command", "env"];
 const WORKLOAD_PROXY_FIELDS: &[&str] = &["mesh", "outbound", "admin"];
 
 const PROTOCOLS: &[(&str, Protocol)] = &[
@@ -63,6 +71,18 @@ pub struct WorkloadSpec {
     /// The sidecar's addresses; absent, the workload is outside the mesh (reached directly,
     /// in plaintext). `trellis up` fills this in.
     pub proxy: Option<WorkloadProxy>,
+    /// How `trellis up` starts the app (ignored elsewhere).
+    pub run: Option<WorkloadRun>,
+}
+
+/// A program `trellis up` runs as the workload's app: any command (a `command[0]` of
+/// `trellis` is this very binary, e.g. `[trellis, demo-app, ...]`). `$(NAME)` in an argument
+/// or value is replaced by that variable: those of `env`, and those `trellis up` sets
+/// (`PORT_<NAME>` for each entry of the Workload's `ports`, `HTTP_PROXY`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRun {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
 }
 
 /// Where a workload's sidecar listens.
@@ -247,6 +267,7 @@ impl Decoder {
                 .optional(&f, "ports", Self::workload_ports)
                 .unwrap_or_default(),
             proxy: self.optional(&f, "proxy", |d, n, p| d.workload_proxy(n, p)),
+            run: self.optional(&f, "run", |d, n, p| d.workload_run(n, p)),
         };
         if let Some(reason) = dns_subdomain_error(&spec.service_account) {
             self.report(&format!("{path}.serviceAccount"), &[], reason);
@@ -268,6 +289,37 @@ impl Decoder {
             }
         }
         Some(entries.into_iter().collect())
+    }
+
+    fn workload_run(&mut self, node: &Node, path: &str) -> Option<WorkloadRun> {
+        let f = self.fields(node, path, WORKLOAD_RUN_FIELDS);
+        let command = self.required(&f, "command", Self::strings)?;
+        if command.is_empty() {
+            self.report(
+                &format!("{path}.command"),
+                &[],
+                "give the program to run and its arguments",
+            );
+        }
+        let env = self
+            .optional(&f, "env", |d, n, p| {
+                let what = "a mapping of variable names to values (e.g. { LOG: debug })";
+                let entries = d.map(n, p, what, Self::string)?;
+                for (key, _) in &entries {
+                    let valid = key
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !valid {
+                        let reason = format!("{} is not an environment variable name", quoted(key));
+                        d.report(&key_path(p, key), &[], reason);
+                    }
+                }
+                Some(entries.into_iter().collect())
+            })
+            .unwrap_or_default();
+        Some(WorkloadRun { command, env })
     }
 
     fn workload_proxy(&mut self, node: &Node, path: &str) -> Option<WorkloadProxy> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::yaml::{Mark, Node, Value};
 use super::{Problem, quoted};
-use crate::proxy::{self, App, AppPort, Endpoint, Identity, Listeners, MtlsMode};
+use crate::proxy::{self, App, AppPort, Endpoint, Identity, Ingress, Listeners, MtlsMode};
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
@@ -46,7 +46,9 @@ pub(super) const LISTENER_FIELDS: &[&str] = &[
     "outbound_transparent",
     "inbound",
     "mesh",
+    "ingress",
 ];
+pub(super) const INGRESS_FIELDS: &[&str] = &["address", "to"];
 pub(super) const APP_FIELDS: &[&str] = &["address", "ports"];
 pub(super) const APP_PORT_FIELDS: &[&str] = &["port", "protocol", "mtls"];
 pub(super) const SERVICE_FIELDS: &[&str] = &[
@@ -254,7 +256,40 @@ impl Decoder {
             outbound_transparent: self.optional(&f, "outbound_transparent", Self::socket_addr),
             inbound: self.optional(&f, "inbound", Self::socket_addr),
             mesh: self.optional(&f, "mesh", Self::socket_addr),
+            ingress: self
+                .optional(&f, "ingress", |d, n, p| d.list(n, p, Self::ingress))
+                .unwrap_or_default(),
         }
+    }
+
+    fn ingress(&mut self, node: &Node, path: &str) -> Ingress {
+        let f = self.fields(node, path, INGRESS_FIELDS);
+        Ingress {
+            address: self
+                .required(&f, "address", Self::socket_addr)
+                .unwrap_or(Listeners::default().admin),
+            to: self.required(&f, "to", Self::authority).unwrap_or_default(),
+        }
+    }
+
+    /// `host:port`.
+    fn authority(&mut self, node: &Node, path: &str) -> Option<String> {
+        let text = self.scalar(node, path, "host:port")?;
+        let ok = text.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            self.fail(
+                node.mark,
+                path,
+                format!(
+                    "{} is not host:port (write frontend.shop:8080)",
+                    node.describe()
+                ),
+            );
+            return None;
+        }
+        Some(text.to_string())
     }
 
     fn app(&mut self, node: &Node, path: &str) -> App {

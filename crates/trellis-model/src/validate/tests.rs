@@ -4,8 +4,9 @@ use std::time::Duration;
 use serde_json::{Value as Json, json};
 
 use super::decode::{
-    APP_FIELDS, APP_PORT_FIELDS, DEFAULT_NAMESPACE, ENDPOINT_FIELDS, LISTENER_FIELDS, NODE_FIELDS,
-    OUTBOUND_POLICIES, PROTOCOLS, ROOT_FIELDS, SERVICE_FIELDS, SERVICE_PORT_FIELDS, TIMEOUT_FIELDS,
+    APP_FIELDS, APP_PORT_FIELDS, DEFAULT_NAMESPACE, ENDPOINT_FIELDS, INGRESS_FIELDS,
+    LISTENER_FIELDS, NODE_FIELDS, OUTBOUND_POLICIES, PROTOCOLS, ROOT_FIELDS, SERVICE_FIELDS,
+    SERVICE_PORT_FIELDS, TIMEOUT_FIELDS,
 };
 use super::*;
 use crate::{OutboundPolicy, Protocol};
@@ -154,6 +155,7 @@ fn field_lists_match_serde() {
     // Give every optional field a value so that it serializes.
     json["listeners"]["outbound_transparent"] = json!("127.0.0.1:0");
     json["listeners"]["inbound"] = json!("127.0.0.1:0");
+    json["listeners"]["ingress"] = json!([{ "address": "127.0.0.1:0", "to": "reviews.shop:80" }]);
     json["services"][0]["hostnames"] = json!(["reviews.example.com"]);
     json["services"][0]["timeouts"] = serde_json::to_value(Timeouts::default()).unwrap();
     json["services"][0]["endpoints"][0]["namespace"] = json!("shop");
@@ -166,10 +168,11 @@ fn field_lists_match_serde() {
 
     let keys = |v: &Json| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     let service = &json["services"][0];
-    let cases: [(&Json, &[&str]); 9] = [
+    let cases: [(&Json, &[&str]); 10] = [
         (&json, ROOT_FIELDS),
         (&json["node"], NODE_FIELDS),
         (&json["listeners"], LISTENER_FIELDS),
+        (&json["listeners"]["ingress"][0], INGRESS_FIELDS),
         (&json["app"], APP_FIELDS),
         (&json["app"]["ports"][0], APP_PORT_FIELDS),
         (service, SERVICE_FIELDS),
@@ -526,6 +529,25 @@ fn listeners_may_share_port_zero_and_collide_with_the_default_admin() {
         "listeners.outbound",
         "is also where the admin listener binds (by default)",
     );
+}
+
+#[test]
+fn an_ingress_needs_an_address_of_its_own_and_a_host_and_port() {
+    let config = load_ok(
+        "node: { name: a }\nlisteners:\n  ingress: [ { address: 127.0.0.1:8080, to: frontend.shop:8080 } ]\n",
+    );
+    assert_eq!(config.listeners.ingress[0].to, "frontend.shop:8080");
+    let errors = load_err(
+        "node: { name: a }\nlisteners:\n  outbound: 127.0.0.1:8080\n  ingress:\n    - { address: 127.0.0.1:8080, to: frontend.shop:8080 }\n    - { address: 127.0.0.1:8081, to: frontend }\n",
+    );
+    assert_error(
+        &errors,
+        5,
+        "listeners.ingress[0].address",
+        "127.0.0.1:8080 is also where the outbound listener binds",
+    );
+    assert_error(&errors, 6, "listeners.ingress[1].to", "is not host:port");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
 }
 
 #[test]
