@@ -2,14 +2,13 @@
 //! workload and the options.
 //!
 //! What goes in: the node, the app (its address and the ports of the Services that select it,
-//! with their protocols and PeerAuthentication's port-level mTLS), every Service of the mesh
+//! with their protocols and PeerAuthentication's port-level mTLS), every Service exported to it
 //! with its endpoints (the Workloads its selector matches, each with its sidecar's address and
 //! SPIFFE identity) and the timeouts of its TrafficPolicy, and the workload's mTLS mode.
 //!
 //! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; routes,
 //! the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to carry them;
-//! every proxy sees every Service (GAMMA's consumer/producer route scoping and a Sidecar-like
-//! visibility limit come with routes).
+//! a proxy sees the Services exported to its namespace (`exportTo`, all by default).
 //!
 //! [`Compiler`] does the work shared by every proxy (selectors, endpoints) once per set of
 //! resources; [`compile`] is the one-shot form.
@@ -51,6 +50,8 @@ pub struct Compiler<'r> {
     options: CompileOptions,
     /// Every Service with its endpoints, sorted by namespace and name: the same for every proxy.
     services: Vec<proxy::Service>,
+    /// For each of `services`, the Service it was compiled from (for `exportTo`).
+    specs: Vec<&'r ServiceSpec>,
     /// For each workload, the Services that select it (indexes into `resources.services`).
     selected_by: Vec<Vec<usize>>,
     workloads: HashMap<(&'r str, &'r str), usize>,
@@ -81,6 +82,7 @@ impl<'r> Compiler<'r> {
             .iter()
             .map(|p| ((p.metadata.namespace.as_str(), p.spec.target.as_str()), p))
             .collect();
+        let specs = order.iter().map(|&s| &resources.services[s].spec).collect();
         let services = order
             .iter()
             .map(|&s| {
@@ -99,6 +101,7 @@ impl<'r> Compiler<'r> {
             resources,
             options,
             services,
+            specs,
             selected_by,
             workloads,
         }
@@ -131,13 +134,23 @@ impl<'r> Compiler<'r> {
             },
             listeners: Default::default(),
             app: self.app(w, port_level),
-            services: self.services.clone(),
+            services: self.visible_from(namespace),
             outbound_policy: Default::default(),
             timeouts: Timeouts::default(),
             identity: None,
             mtls,
             control: None,
         })
+    }
+
+    /// The Services exported to proxies in namespace `caller` (`exportTo`).
+    fn visible_from(&self, caller: &str) -> Vec<proxy::Service> {
+        self.services
+            .iter()
+            .zip(&self.specs)
+            .filter(|(s, spec)| spec.exported_to(&s.namespace, caller))
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     /// Every Service as each proxy sees it.

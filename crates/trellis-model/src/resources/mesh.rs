@@ -9,7 +9,7 @@ use super::{Labels, Resource, Resources};
 use crate::Protocol;
 use crate::validate::yaml::Node;
 
-const SERVICE_FIELDS: &[&str] = &["ports", "selector", "addresses", "hostnames"];
+const SERVICE_FIELDS: &[&str] = &["ports", "selector", "addresses", "hostnames", "exportTo"];
 const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "targetPort"];
 const WORKLOAD_FIELDS: &[&str] = &[
     "labels",
@@ -42,6 +42,10 @@ pub struct ServiceSpec {
     /// Extra host names; `name`, `name.namespace`, `name.namespace.svc` and
     /// `name.namespace.svc.cluster.local` always address the Service.
     pub hostnames: Vec<String>,
+    /// The namespaces whose proxies see (and may call) the Service, as Istio's `exportTo`:
+    /// `*` every namespace (the default), `.` the Service's own, or namespace names. A proxy
+    /// is sent only the Services exported to its namespace, which keeps configs small.
+    pub export_to: Vec<String>,
 }
 
 /// One port of a Service.
@@ -97,6 +101,13 @@ pub struct WorkloadProxy {
 }
 
 impl ServiceSpec {
+    /// Whether proxies in `caller` see this Service (which lives in `own`).
+    pub fn exported_to(&self, own: &str, caller: &str) -> bool {
+        self.export_to
+            .iter()
+            .any(|e| e == "*" || e == caller || (e == "." && own == caller))
+    }
+
     /// The port with this name, or failing that this number (written as text: `"9080"`).
     pub fn port_by_name_or_number(&self, key: &str) -> Option<&ServicePortSpec> {
         let by_name = self.ports.iter().find(|p| p.name == key);
@@ -184,6 +195,20 @@ impl Decoder {
             hostnames: self
                 .optional(&f, "hostnames", |d, n, p| d.list(n, p, hostname))
                 .unwrap_or_default(),
+            export_to: self
+                .optional(&f, "exportTo", |d, n, p| {
+                    let names = d.strings(n, p)?;
+                    for (i, name) in names.iter().enumerate() {
+                        let bad = name != "*" && name != "." && dns_label_error(name).is_some();
+                        if bad {
+                            let reason =
+                                format!("{} is not `*`, `.` or a namespace name", quoted(name));
+                            d.report(&format!("{p}[{i}]"), &[], reason);
+                        }
+                    }
+                    Some(names)
+                })
+                .unwrap_or_else(|| vec!["*".to_string()]),
         };
         let ports = spec.ports.iter().enumerate();
         self.unique(

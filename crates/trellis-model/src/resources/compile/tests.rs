@@ -341,3 +341,69 @@ spec: { mtls: { mode: STRICT } }
         }
     }
 }
+
+#[test]
+fn a_proxy_sees_only_the_services_exported_to_its_namespace() {
+    let r = resources(
+        "apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: internal, namespace: shop }
+spec:
+  exportTo: [\".\"]
+  ports: [{ name: http, port: 80, protocol: http }]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: shared, namespace: shop }
+spec:
+  exportTo: [\".\", ops]
+  ports: [{ name: http, port: 80, protocol: http }]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Workload
+metadata: { name: probe, namespace: ops }
+spec:
+  address: 10.0.2.1
+  proxy: { mesh: 10.0.2.1:15008 }
+",
+    );
+    let names = |c: &ProxyConfig| -> Vec<String> {
+        c.services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect()
+    };
+    let web = proxy(&r, "web", "shop");
+    assert_eq!(
+        names(&web),
+        [
+            "default/legacy",
+            "shop/internal",
+            "shop/ratings",
+            "shop/shared",
+            "shop/web"
+        ]
+    );
+    let probe = proxy(&r, "probe", "ops");
+    assert_eq!(
+        names(&probe),
+        ["default/legacy", "shop/ratings", "shop/shared", "shop/web"]
+    );
+
+    let bad = Resources::load(&[(
+        "bad.yaml",
+        "apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: x }
+spec:
+  exportTo: [\"Not A Namespace\"]
+  ports: [{ name: http, port: 80, protocol: http }]
+",
+    )])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("bad.yaml:5:") && bad.contains("spec.exportTo[0]"),
+        "{bad}"
+    );
+}
