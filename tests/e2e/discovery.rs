@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -454,12 +454,14 @@ fn traffic_flows_while_the_control_plane_is_killed_and_restarted() {
     let mut r = Running::start();
     let outbound = r.client.outbound();
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
     let traffic = {
-        let stop = stop.clone();
+        let (stop, done) = (stop.clone(), done.clone());
         std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 let r = http_request(outbound, "GET", "http://web.test/status/200", &[], b"");
+                done.fetch_add(1, Ordering::Relaxed);
                 if r.status == 200 {
                     ok += 1;
                 } else {
@@ -498,10 +500,18 @@ fn traffic_flows_while_the_control_plane_is_killed_and_restarted() {
     for name in ["web-0", "client-0"] {
         assert_eq!(proxy_row(&json, name)["connected"], true, "{json}");
     }
-    // Keep going a moment after the reconnection, then stop.
+    // Keep going for 20 more requests after the reconnection, then stop.
     let more = r.client.config_dump();
-    std::thread::sleep(Duration::from_millis(300));
+    let after = done.load(Ordering::Relaxed) + 20;
+    let kept_going = wait_until(PUSH, || {
+        (done.load(Ordering::Relaxed) >= after).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
+    assert!(
+        kept_going.is_some(),
+        "the traffic stalled\n{}",
+        r.diagnostics()
+    );
     let (ok, failed) = traffic.join().expect("the traffic thread");
     assert!(
         failed.is_empty(),
@@ -556,4 +566,55 @@ fn a_proxy_started_before_the_control_plane_becomes_ready_once_it_starts() {
         client.diagnostics(),
         web.diagnostics()
     );
+}
+
+/// (f) A change to Services alone travels as a delta (the Services that changed, not the whole
+/// config), is applied and ACKed; a Service removed is removed.
+#[test]
+fn a_change_to_services_alone_travels_as_a_delta() {
+    let r = Running::start();
+    let api = "---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: api, namespace: test }
+spec:
+  ports: [ { name: http, port: 8080, protocol: http } ]
+";
+    let names = |proxy: &PushedProxy| -> Vec<String> {
+        proxy.config_dump()["config"]["services"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let web = web_resources(&r.app, r.web.mesh());
+    r.mesh.write_resources("web.yaml", &format!("{web}{api}"));
+    for proxy in [&r.client, &r.web] {
+        let added = wait_until(PUSH, || (names(proxy) == ["api", "web"]).then_some(()));
+        assert!(
+            added.is_some(),
+            "{}: {:?}\n{}",
+            proxy.name(),
+            names(proxy),
+            r.diagnostics()
+        );
+    }
+    r.mesh.write_resources("web.yaml", &web);
+    for proxy in [&r.client, &r.web] {
+        let removed = wait_until(PUSH, || (names(proxy) == ["web"]).then_some(()));
+        assert!(removed.is_some(), "{}: {:?}", proxy.name(), names(proxy));
+    }
+    r.synced(&["web-0", "client-0"]);
+    let m = r.control_metrics();
+    assert_eq!(
+        m.sum("trellis_discovery_pushes_total", &[("kind", "delta")]),
+        4.0,
+        "{}",
+        m.dump("trellis_discovery")
+    );
+    assert_eq!(m.sum("trellis_discovery_nacks_total", &[]), 0.0);
+    assert_eq!(r.get().status, 200, "{}", r.diagnostics());
 }

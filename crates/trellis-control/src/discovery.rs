@@ -7,9 +7,12 @@
 //! 2. Its first message is a Hello naming its node; the namespace must be the certificate's
 //!    (PERMISSION_DENIED otherwise). The certificate proves the namespace and service account,
 //!    not the node name: any workload of a namespace may claim any node name in it.
-//! 3. From then on: whenever the published configs change (and at once), if this proxy's JSON
-//!    differs from what it was last sent, send it as a Config with the version and a fresh
-//!    nonce; record ACKs and NACKs ([`Tracker`]) on the [`StatusBoard`] and in the metrics.
+//! 3. From then on: whenever the published configs change (and at once), if this proxy's
+//!    config differs from what it was last sent, send it as a Config with the version and a
+//!    fresh nonce: as a delta of the Services that changed when the proxy has ACKed the last
+//!    config sent and nothing but Services changed, else whole (and whole again at once if a
+//!    delta is NACKed); record ACKs and NACKs ([`Tracker`]) on the [`StatusBoard`] and in the
+//!    metrics.
 //! 4. The stream ends when the proxy goes away, or at drain (the proxy then reconnects to
 //!    whichever control plane answers next).
 
@@ -24,13 +27,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 use trellis_api::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
 use trellis_api::discovery::v1::{
-    Ack, Config, ControlMessage, Hello, Nack, ProxyMessage, control_message, proxy_message,
+    Ack, Config, ControlMessage, Delta, Hello, Nack, ProxyMessage, control_message, proxy_message,
 };
 use trellis_identity::{CertificateAuthority, PeerRole, SpiffeId, VerifyError};
 use trellis_runtime::DrainWatcher;
 
 use crate::metrics::Metrics;
-use crate::push::{ConfigStore, Generation, NodeKey};
+use crate::push::{ConfigStore, Generation, NodeKey, Version, WireConfig};
 use crate::status::{Answer, Nonce, ProxyStatus, StatusBoard, StreamId, Tracker};
 use crate::tls::Peer;
 
@@ -90,8 +93,11 @@ struct ProxyStream {
     status: ProxyStatus,
     stream_id: StreamId,
     tracker: Tracker,
-    /// The JSON last sent: a generation that leaves this proxy's config as it is sends nothing.
-    sent_json: Option<Arc<[u8]>>,
+    /// The config last sent (a generation that leaves it as it is sends nothing), and whether
+    /// it went as a delta.
+    sent: Option<(Version, Arc<WireConfig>, bool)>,
+    /// The config the proxy has ACKed on this stream: the base of a delta.
+    acked: Option<Arc<WireConfig>>,
 }
 
 impl DiscoveryService {
@@ -180,7 +186,8 @@ impl Discovery for DiscoveryService {
             status,
             stream_id,
             tracker: Tracker::default(),
-            sent_json: None,
+            sent: None,
+            acked: None,
         };
         tokio::spawn(stream.run(inbound, tx).instrument(span));
         let out = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -215,7 +222,14 @@ impl ProxyStream {
                     }
                 }
                 message = inbound.next() => match message {
-                    Some(Ok(message)) => self.on_message(message),
+                    Some(Ok(message)) => {
+                        let Some(resend) = self.on_message(message) else { continue };
+                        tokio::select! {
+                            biased;
+                            _ = drain.signaled() => break "the control plane is shutting down",
+                            sent = tx.send(Ok(resend)) => if sent.is_err() { break "the proxy went away" },
+                        }
+                    }
                     Some(Err(status)) => {
                         debug!(code = ?status.code(), message = status.message(), "discovery stream error");
                         break "the stream failed";
@@ -232,9 +246,9 @@ impl ProxyStream {
         info!(reason = why, acked = ?self.tracker.acked_version(), "proxy disconnected");
     }
 
-    /// The Config to send for `generation`, if this proxy's JSON changed; records it as sent.
+    /// The Config to send for `generation`, if this proxy's config changed; records it as sent.
     fn next_config(&mut self, generation: &Generation) -> Option<ControlMessage> {
-        let Some(json) = generation.get(&self.status.node) else {
+        let Some(config) = generation.get(&self.status.node) else {
             if !self.status.waiting {
                 self.status.waiting = true;
                 self.service.board.update(self.stream_id, &self.status);
@@ -245,31 +259,76 @@ impl ProxyStream {
             return None;
         };
         self.status.waiting = false;
-        if self.sent_json.as_ref() == Some(json) {
+        if self
+            .sent
+            .as_ref()
+            .is_some_and(|(_, sent, _)| sent.same_as(config))
+        {
             self.service.board.update(self.stream_id, &self.status);
             return None;
         }
+        Some(self.send(generation.version, config.clone(), true))
+    }
+
+    /// Records and builds the Config for `config` at `version`: a delta when `may_delta`, the
+    /// proxy has ACKed the last config sent, and only Services changed; else the whole config.
+    fn send(
+        &mut self,
+        version: Version,
+        config: Arc<WireConfig>,
+        may_delta: bool,
+    ) -> ControlMessage {
+        let in_force = self.acked.as_ref().filter(|acked| {
+            may_delta
+                && self
+                    .sent
+                    .as_ref()
+                    .is_some_and(|(_, sent, _)| Arc::ptr_eq(sent, acked))
+        });
+        let base = self.tracker.acked_version();
+        let delta = in_force
+            .zip(base)
+            .and_then(|(acked, base)| Some((config.delta_from(acked)?, base)));
         let nonce = Nonce::fresh();
-        let version = generation.version;
-        debug!(%version, %nonce, bytes = json.len(), "sending config");
+        let (body, bytes, is_delta) = match delta {
+            Some((delta, base)) => {
+                let bytes = delta.len();
+                debug!(%version, %nonce, base = %base, upserted = delta.upserted.len(), removed = delta.removed.len(), bytes, "sending config (delta)");
+                let delta = Delta {
+                    base_version: base.0,
+                    services_json: delta.upserted.iter().map(|s| s.json.to_vec()).collect(),
+                    removed_services: delta.removed.iter().map(|k| k.to_string()).collect(),
+                };
+                ((Vec::new(), Some(delta)), bytes, true)
+            }
+            None => {
+                let json = config.full_json();
+                let bytes = json.len();
+                debug!(%version, %nonce, bytes, "sending config");
+                ((json, None), bytes, false)
+            }
+        };
         let message = ControlMessage {
             message: Some(control_message::Message::Config(Config {
                 version: version.0,
                 nonce: nonce.as_str().to_owned(),
-                config_json: json.to_vec(),
+                config_json: body.0,
+                delta: body.1,
             })),
         };
         self.tracker
             .sent(version, nonce, tokio::time::Instant::now());
-        self.sent_json = Some(json.clone());
+        self.sent = Some((version, config, is_delta));
         self.status.record(&self.tracker);
         self.service.board.update(self.stream_id, &self.status);
-        self.service.metrics.pushed();
-        Some(message)
+        self.service.metrics.pushed(is_delta, bytes);
+        message
     }
 
-    fn on_message(&mut self, message: ProxyMessage) {
+    /// Records an answer; a NACKed delta is answered at once with the whole config.
+    fn on_message(&mut self, message: ProxyMessage) -> Option<ControlMessage> {
         self.status.last_seen = SystemTime::now();
+        let mut resend = None;
         match message.message {
             Some(proxy_message::Message::Ack(Ack { version, nonce })) => {
                 match self
@@ -278,6 +337,7 @@ impl ProxyStream {
                 {
                     Answer::Applied { version, latency } => {
                         self.service.metrics.applied(latency);
+                        self.acked = self.sent.as_ref().map(|(_, config, _)| config.clone());
                         info!(%version, ?latency, "config applied (ACK)");
                     }
                     _ => debug!(version, %nonce, "stale ACK ignored"),
@@ -293,7 +353,15 @@ impl ProxyStream {
             {
                 Answer::Refused { version } => {
                     self.service.metrics.nacked();
-                    warn!(%version, %reason, "config refused by the proxy (NACK); it keeps its previous config");
+                    match self.sent.clone() {
+                        Some((sent_version, config, true)) => {
+                            warn!(%version, %reason, "delta refused by the proxy (NACK); sending the whole config");
+                            resend = Some(self.send(sent_version, config, false));
+                        }
+                        _ => {
+                            warn!(%version, %reason, "config refused by the proxy (NACK); it keeps its previous config")
+                        }
+                    }
                 }
                 _ => debug!(version, %nonce, "stale NACK ignored"),
             },
@@ -304,6 +372,7 @@ impl ProxyStream {
         }
         self.status.record(&self.tracker);
         self.service.board.update(self.stream_id, &self.status);
+        resend
     }
 }
 

@@ -4,7 +4,9 @@
 //!   signed, by what authenticated the request (bootstrap or renewal).
 //! - `trellis_ca_certificates_refused_total{reason=...}`: requests refused, by
 //!   [`Refusal::reason`](crate::ca::Refusal::reason).
-//! - `trellis_discovery_pushes_total`: configs sent to proxies.
+//! - `trellis_discovery_pushes_total{kind="full"|"delta"}`: configs sent to proxies, whole or
+//!   as the Services changed since the config the proxy has in force.
+//! - `trellis_discovery_push_bytes_total`: bytes of config sent (JSON payloads).
 //! - `trellis_discovery_push_latency_seconds`: from sending a config to its ACK.
 //! - `trellis_discovery_nacks_total`: configs proxies refused.
 //! - `trellis_discovery_connected_proxies`: discovery streams open now.
@@ -41,7 +43,8 @@ struct Inner {
     registry: Registry,
     issued: Family<IssuedLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
-    pushes: Counter,
+    pushes: Family<PushLabels, Counter>,
+    push_bytes: Counter,
     push_latency: Histogram,
     nacks: Counter,
     connected: Gauge,
@@ -51,6 +54,11 @@ struct Inner {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuedLabels {
     credential: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PushLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,13 +92,26 @@ impl Metrics {
         }
 
         let discovery = root.sub_registry_with_prefix("trellis_discovery");
-        let pushes = Counter::default();
+        let pushes = Family::<PushLabels, Counter>::default();
+        for kind in ["full", "delta"] {
+            let _ = pushes.get_or_create(&PushLabels { kind });
+        }
+        let push_bytes = Counter::default();
         let (start, factor, count) = LATENCY_BUCKETS;
         let push_latency = Histogram::new(exponential_buckets(start, factor, count));
         let nacks = Counter::default();
         let connected = Gauge::default();
         let config_errors = Counter::default();
-        discovery.register("pushes", "Configs sent to proxies", pushes.clone());
+        discovery.register(
+            "pushes",
+            "Configs sent to proxies, whole or as a delta",
+            pushes.clone(),
+        );
+        discovery.register(
+            "push_bytes",
+            "Bytes of config sent to proxies",
+            push_bytes.clone(),
+        );
         discovery.register(
             "push_latency_seconds",
             "Time from sending a config to a proxy to its ACK",
@@ -113,6 +134,7 @@ impl Metrics {
                 issued,
                 refused,
                 pushes,
+                push_bytes,
                 push_latency,
                 nacks,
                 connected,
@@ -139,9 +161,11 @@ impl Metrics {
             .inc();
     }
 
-    /// A config was sent to a proxy.
-    pub fn pushed(&self) {
-        self.inner.pushes.inc();
+    /// A config of `bytes` was sent to a proxy, whole or as a delta.
+    pub fn pushed(&self, delta: bool, bytes: usize) {
+        let kind = if delta { "delta" } else { "full" };
+        self.inner.pushes.get_or_create(&PushLabels { kind }).inc();
+        self.inner.push_bytes.inc_by(bytes as u64);
     }
 
     /// A proxy ACKed a config `latency` after it was sent.

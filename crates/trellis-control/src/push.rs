@@ -7,8 +7,11 @@
 //!   [`Config::debounce`] (never longer than [`Config::max_delay`] in all), then publishes the
 //!   latest. A burst of changes (an editor writing several files, a deployment rolling) is one
 //!   push.
-//! - Each config is serialised to its wire JSON once, in `set`; a stream compares those bytes
-//!   with what it last sent its proxy and sends only when they differ.
+//! - Each config is serialised to its wire form once, in `set` ([`WireConfig`]): the config
+//!   without its Services, and each Service on its own. A Service that many proxies see is
+//!   serialised once and shared. A stream compares the wire form with what it last sent its
+//!   proxy, sends nothing when they are the same, and only the Services that changed (a delta)
+//!   when the rest is the same as what the proxy has in force.
 //!
 //! No lock is held across an `.await`: the store is two `tokio::sync::watch` channels (the
 //! latest `set`, and what has been published) and a task between them.
@@ -21,7 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use trellis_model::{Listeners, ProxyConfig};
+use trellis_model::{Listeners, ProxyConfig, Service};
 
 /// How pushes are batched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +48,35 @@ pub struct NodeKey {
 #[serde(transparent)]
 pub struct Version(pub u64);
 
-/// One published generation: every proxy's config, as the JSON that goes on the wire.
+/// One published generation: every proxy's config, in its wire form.
 #[derive(Debug, Default)]
 pub struct Generation {
     pub version: Version,
-    configs: HashMap<NodeKey, Arc<[u8]>>,
+    configs: HashMap<NodeKey, Arc<WireConfig>>,
+}
+
+/// One proxy's config as it goes on the wire: the config without `services` (a JSON object),
+/// and each Service as JSON, shared with every other proxy that sees the same Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireConfig {
+    head: Arc<[u8]>,
+    services: Vec<WireService>,
+}
+
+/// One Service's JSON, and who it is (`namespace/name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireService {
+    pub key: Arc<str>,
+    pub json: Arc<[u8]>,
+}
+
+/// The Services that differ between two configs whose other sections are the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicesDelta {
+    /// Added or changed, whole.
+    pub upserted: Vec<WireService>,
+    /// Gone, as `namespace/name`.
+    pub removed: Vec<Arc<str>>,
 }
 
 /// The store. Cheap to clone; every clone writes and reads the same configs.
@@ -96,8 +123,8 @@ impl Version {
 }
 
 impl Generation {
-    /// The wire JSON of `node`'s config, if this generation has one.
-    pub fn get(&self, node: &NodeKey) -> Option<&Arc<[u8]>> {
+    /// `node`'s config, if this generation has one.
+    pub fn get(&self, node: &NodeKey) -> Option<&Arc<WireConfig>> {
         self.configs.get(node)
     }
 
@@ -131,9 +158,10 @@ impl ConfigStore {
     /// streams after the debounce; a proxy missing from `configs` keeps what it has but gets
     /// nothing new (and a proxy that connects later gets nothing: it waits).
     pub fn set(&self, configs: HashMap<NodeKey, ProxyConfig>) -> Version {
-        let configs: HashMap<NodeKey, Arc<[u8]>> = configs
+        let mut interned = Interner::default();
+        let configs: HashMap<NodeKey, Arc<WireConfig>> = configs
             .into_iter()
-            .map(|(node, config)| (node, Arc::from(wire_json(&config))))
+            .map(|(node, config)| (node, Arc::new(interned.wire(config))))
             .collect();
         let mut version = Version::default();
         self.inner.latest.send_modify(|current| {
@@ -174,21 +202,136 @@ impl fmt::Display for Version {
     }
 }
 
+impl WireConfig {
+    /// The whole config as one JSON document (a `ProxyConfig`).
+    pub fn full_json(&self) -> Vec<u8> {
+        let services: usize = self.services.iter().map(|s| s.json.len() + 1).sum();
+        let mut out = Vec::with_capacity(self.head.len() + services + 16);
+        // The head is a JSON object: `{...}`, never empty (it has `node`).
+        out.extend_from_slice(&self.head[..self.head.len().saturating_sub(1)]);
+        if self.head.len() > 2 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"services\":[");
+        for (i, service) in self.services.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&service.json);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// What changed from `base` (the config the proxy has in force) if only Services did;
+    /// None when another section differs (then the whole config goes).
+    pub fn delta_from(&self, base: &WireConfig) -> Option<ServicesDelta> {
+        if self.head != base.head {
+            return None;
+        }
+        let old: HashMap<&str, &Arc<[u8]>> =
+            base.services.iter().map(|s| (&*s.key, &s.json)).collect();
+        let new: HashMap<&str, ()> = self.services.iter().map(|s| (&*s.key, ())).collect();
+        let upserted = self
+            .services
+            .iter()
+            .filter(|s| {
+                old.get(&*s.key)
+                    .is_none_or(|json| !same_bytes(json, &s.json))
+            })
+            .cloned()
+            .collect();
+        let removed = base
+            .services
+            .iter()
+            .filter(|s| !new.contains_key(&*s.key))
+            .map(|s| s.key.clone())
+            .collect();
+        Some(ServicesDelta { upserted, removed })
+    }
+
+    /// Whether two wire forms carry the same config (shared Services compare by pointer).
+    pub fn same_as(&self, other: &WireConfig) -> bool {
+        self.head == other.head
+            && self.services.len() == other.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&other.services)
+                .all(|(a, b)| a.key == b.key && same_bytes(&a.json, &b.json))
+    }
+}
+
+impl ServicesDelta {
+    /// Bytes of Service JSON it carries.
+    pub fn len(&self) -> usize {
+        self.upserted.iter().map(|s| s.json.len()).sum::<usize>()
+            + self.removed.iter().map(|k| k.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn same_bytes(a: &Arc<[u8]>, b: &Arc<[u8]>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Serialises each distinct Service once per `set`: proxies that see the same Service share
+/// its JSON.
+#[derive(Default)]
+struct Interner {
+    services: HashMap<(String, String), Vec<(Service, WireService)>>,
+}
+
+impl Interner {
+    fn wire(&mut self, mut config: ProxyConfig) -> WireConfig {
+        let services = std::mem::take(&mut config.services);
+        let head = Arc::from(head_json(&config));
+        let services = services.into_iter().map(|s| self.service(s)).collect();
+        WireConfig { head, services }
+    }
+
+    fn service(&mut self, service: Service) -> WireService {
+        let candidates = self
+            .services
+            .entry((service.namespace.clone(), service.name.clone()))
+            .or_default();
+        if let Some((_, wire)) = candidates.iter().find(|(s, _)| *s == service) {
+            return wire.clone();
+        }
+        let json = serde_json::to_vec(&service).unwrap_or_default();
+        let wire = WireService {
+            key: Arc::from(format!("{}/{}", service.namespace, service.name)),
+            json: Arc::from(json),
+        };
+        candidates.push((service, wire.clone()));
+        wire
+    }
+}
+
 /// The JSON a proxy is sent for `config`: the whole `ProxyConfig`, leaving out the sections a
 /// proxy owns when they say nothing (`listeners` at their defaults, no `identity`, no
 /// `control`), so that the proxy keeps its bootstrap's. A section that is there must match the
 /// proxy's bootstrap, or the proxy refuses the push.
 pub fn wire_json(config: &ProxyConfig) -> Vec<u8> {
+    Interner::default().wire(config.clone()).full_json()
+}
+
+/// [`wire_json`] without `services` (which [`WireConfig`] carries one by one).
+fn head_json(config: &ProxyConfig) -> Vec<u8> {
     let mut value = match serde_json::to_value(config) {
         Ok(value) => value,
         // A ProxyConfig is plain data with string keys: serialising it cannot fail. Should it
         // ever, the proxy refuses the empty document and says why.
         Err(error) => {
             tracing::error!(%error, node = %NodeKey::of(config), "cannot serialise a proxy config");
-            return Vec::new();
+            return b"{}".to_vec();
         }
     };
     if let Some(object) = value.as_object_mut() {
+        object.remove("services");
         if config.listeners == Listeners::default() {
             object.remove("listeners");
         }
@@ -199,7 +342,7 @@ pub fn wire_json(config: &ProxyConfig) -> Vec<u8> {
             object.remove("control");
         }
     }
-    serde_json::to_vec(&value).unwrap_or_default()
+    serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
 /// Publishes the latest generation once the `set`s have been quiet for `debounce` (or
@@ -263,7 +406,12 @@ mod tests {
         assert_eq!(generation.version, Version(5));
         // The last set was at 80 ms; the publication 50 ms of quiet later.
         assert_eq!(start.elapsed(), Duration::from_millis(130));
-        let json = String::from_utf8(generation.get(&NodeKey::new("test", "a")).unwrap().to_vec());
+        let json = String::from_utf8(
+            generation
+                .get(&NodeKey::new("test", "a"))
+                .unwrap()
+                .full_json(),
+        );
         assert!(json.unwrap().contains(r#""connect":"5s""#));
         // Nothing else was published.
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -301,6 +449,43 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().version, Version(1));
         assert_eq!(store.published().len(), 1);
+    }
+
+    const TWO_SERVICES: &str = "services:
+  - { name: web, namespace: test, ports: [ { name: http, port: 80, protocol: http } ] }
+  - { name: api, namespace: test, ports: [ { name: http, port: 8080, protocol: http } ] }
+";
+
+    #[test]
+    fn proxies_share_the_json_of_a_service_they_both_see() {
+        let mut interner = Interner::default();
+        let a = interner.wire(config("a", TWO_SERVICES));
+        let b = interner.wire(config("b", TWO_SERVICES));
+        assert!(Arc::ptr_eq(&a.services[0].json, &b.services[0].json));
+        assert_eq!(&*a.services[1].key, "test/api");
+        assert!(!a.same_as(&b), "the heads (node names) differ");
+    }
+
+    #[test]
+    fn a_delta_carries_the_services_that_changed_and_those_gone() {
+        let base = Interner::default().wire(config("a", TWO_SERVICES));
+        let changed = TWO_SERVICES
+            .replace("port: 8080", "port: 8081")
+            .replace("  - { name: web, namespace: test, ports: [ { name: http, port: 80, protocol: http } ] }\n", "")
+            + "  - { name: new, namespace: test, ports: [ { name: tcp, port: 7, protocol: tcp } ] }\n";
+        let next = Interner::default().wire(config("a", &changed));
+        let delta = next.delta_from(&base).unwrap();
+        let keys: Vec<&str> = delta.upserted.iter().map(|s| &*s.key).collect();
+        assert_eq!(keys, ["test/api", "test/new"]);
+        assert_eq!(delta.removed, [Arc::<str>::from("test/web")]);
+        // Nothing changed: an empty delta.
+        assert!(base.delta_from(&base).unwrap().is_empty());
+        // Another section changed: no delta, the whole config goes.
+        let timeouts = Interner::default().wire(config(
+            "a",
+            &format!("{TWO_SERVICES}timeouts: {{ request: 3s }}\n"),
+        ));
+        assert!(timeouts.delta_from(&base).is_none());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use trellis_api::discovery::v1::discovery_client::DiscoveryClient;
 use trellis_api::discovery::v1::{
-    Ack, Config, ControlMessage, Hello, Nack, ProxyMessage, control_message, proxy_message,
+    Ack, Config, ControlMessage, Delta, Hello, Nack, ProxyMessage, control_message, proxy_message,
 };
 use trellis_identity::{Credentials, SpiffeId, client_config};
 use trellis_model::{ConfigErrors, ProxyConfig};
@@ -97,6 +97,8 @@ pub(crate) enum Refusal {
     Invalid(ConfigErrors),
     #[error("the config is for node {pushed}, but this proxy is {ours}")]
     WrongNode { pushed: String, ours: String },
+    #[error("a delta on v{base}, but the config in force is {}", in_force.map_or("none".to_owned(), |v| format!("v{v}")))]
+    DeltaBase { base: u64, in_force: Option<u64> },
     #[error(
         "{section} cannot change while the proxy runs: restart the proxy to change {section} \
          (running: {ours}; pushed: {pushed})"
@@ -224,9 +226,16 @@ impl Discovery {
             version,
             nonce,
             config_json,
+            delta,
         } = config;
         let current = self.state.load().config.clone();
-        match merge(&self.bootstrap, &current, version, &config_json) {
+        let in_force = *self.applied.borrow();
+        let merged = match delta {
+            None => merge(&self.bootstrap, &current, version, &config_json),
+            Some(delta) => with_delta(&current, in_force, delta)
+                .and_then(|json| merge(&self.bootstrap, &current, version, &json)),
+        };
+        match merged {
             Ok(Merged::Changed(config)) => {
                 let services = config.services.len();
                 self.state.store(*config);
@@ -250,6 +259,49 @@ impl Discovery {
             }
         }
     }
+}
+
+/// The config in force with a delta's Services applied, as JSON (then validated and merged
+/// like a whole config). Services stay sorted by namespace and name, as the control plane
+/// compiles them.
+pub(crate) fn with_delta(
+    current: &ProxyConfig,
+    in_force: Option<u64>,
+    delta: Delta,
+) -> Result<Vec<u8>, Refusal> {
+    if in_force != Some(delta.base_version) {
+        return Err(Refusal::DeltaBase {
+            base: delta.base_version,
+            in_force,
+        });
+    }
+    let not_json = |e: serde_json::Error| Refusal::NotJson(e.to_string());
+    let mut config = serde_json::to_value(current).map_err(not_json)?;
+    let key = |s: &Value| {
+        let ns = s["namespace"].as_str().unwrap_or("default");
+        format!("{ns}/{}", s["name"].as_str().unwrap_or_default())
+    };
+    let mut services: Vec<Value> = match config["services"].take() {
+        Value::Array(services) => services,
+        _ => Vec::new(),
+    };
+    services.retain(|s| !delta.removed_services.contains(&key(s)));
+    for json in &delta.services_json {
+        let service: Value = serde_json::from_slice(json).map_err(not_json)?;
+        let k = key(&service);
+        match services.iter_mut().find(|s| key(s) == k) {
+            Some(slot) => *slot = service,
+            None => services.push(service),
+        }
+    }
+    services.sort_by_cached_key(|s| {
+        (
+            s["namespace"].as_str().unwrap_or("default").to_owned(),
+            s["name"].as_str().unwrap_or_default().to_owned(),
+        )
+    });
+    config["services"] = Value::Array(services);
+    serde_json::to_vec(&config).map_err(not_json)
 }
 
 /// Validates a pushed config and merges it with the bootstrap: the push's `app`, `services`,
@@ -501,5 +553,47 @@ control: 127.0.0.1:15010
                 "{refusal}"
             );
         }
+    }
+
+    #[test]
+    fn a_delta_applies_to_the_config_in_force_and_only_to_it() {
+        let boot = bootstrap();
+        let first = "node: { name: web-0, namespace: test }
+services:
+  - { name: a, namespace: test, ports: [ { name: http, port: 80, protocol: http } ] }
+  - { name: c, namespace: test, ports: [ { name: http, port: 80, protocol: http } ] }
+";
+        let current = match merge(&boot, &boot, 1, &push(first)).unwrap() {
+            Merged::Changed(config) => *config,
+            Merged::Unchanged => panic!("a change"),
+        };
+        let delta = |base: u64| {
+            Delta {
+            base_version: base,
+            services_json: vec![
+                br#"{"name":"b","namespace":"test","ports":[{"name":"tcp","port":7,"protocol":"tcp"}]}"#.to_vec(),
+                br#"{"name":"c","namespace":"test","ports":[{"name":"http","port":81,"protocol":"http"}]}"#.to_vec(),
+            ],
+            removed_services: vec!["test/a".into()],
+        }
+        };
+        let json = with_delta(&current, Some(1), delta(1)).unwrap();
+        let next = match merge(&boot, &current, 2, &json).unwrap() {
+            Merged::Changed(config) => *config,
+            Merged::Unchanged => panic!("a change"),
+        };
+        let names: Vec<&str> = next.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(next.services[1].ports[0].port, 81);
+        assert_eq!(next.listeners, boot.listeners);
+
+        let wrong = with_delta(&current, Some(1), delta(3))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(wrong, "a delta on v3, but the config in force is v1");
+        let none = with_delta(&current, None, delta(1))
+            .unwrap_err()
+            .to_string();
+        assert!(none.ends_with("the config in force is none"), "{none}");
     }
 }

@@ -256,7 +256,7 @@ async fn a_proxy_gets_its_config_when_it_changes_and_its_answers_are_recorded() 
 
     let metrics = plane.admin_get("/metrics").await;
     for line in [
-        "trellis_discovery_pushes_total 2",
+        "trellis_discovery_pushes_total{kind=\"full\"} 2",
         "trellis_discovery_nacks_total 1",
         "trellis_discovery_connected_proxies 1",
         "trellis_discovery_push_latency_seconds_count 1",
@@ -320,4 +320,60 @@ async fn streams_end_at_drain_so_that_shutdown_does_not_wait_for_them() {
     // The proxy sees its stream end.
     let end = tokio::time::timeout(WAIT, web.rx.message()).await.unwrap();
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_change_to_services_alone_goes_as_a_delta_and_whole_again_if_refused() {
+    let plane = Plane::start("delta").await;
+    let mut web = plane
+        .open(Some(("test", "web")), "web-0", "test")
+        .await
+        .unwrap();
+    let svc = |port: u16| {
+        format!(
+            "services:
+  - {{ name: a, namespace: test, ports: [ {{ name: http, port: 80, protocol: http }} ] }}
+  - {{ name: b, namespace: test, ports: [ {{ name: http, port: {port}, protocol: http }} ] }}
+"
+        )
+    };
+    let v1 = plane.set(&[("web-0", &svc(81))]);
+    let first = web.config().await;
+    assert!(first.delta.is_none(), "the first config goes whole");
+    web.answer(proxy_message::Message::Ack(Ack {
+        version: v1.0,
+        nonce: first.nonce.clone(),
+    }))
+    .await;
+    plane
+        .proxies_when(|j| row(j, "web-0")["state"] == "synced")
+        .await;
+
+    // Only `b` changed: a delta on v1 with `b` alone.
+    let v2 = plane.set(&[("web-0", &svc(82))]);
+    let second = web.config().await;
+    assert_eq!(second.version, v2.0);
+    assert!(second.config_json.is_empty());
+    let delta = second.delta.clone().expect("a delta");
+    assert_eq!(delta.base_version, v1.0);
+    assert_eq!(delta.services_json.len(), 1);
+    let b: serde_json::Value = serde_json::from_slice(&delta.services_json[0]).unwrap();
+    assert_eq!(b["name"], "b");
+    assert_eq!(b["ports"][0]["port"], 82);
+    assert!(delta.removed_services.is_empty());
+
+    // Refused: the whole config follows at once, same version.
+    web.answer(proxy_message::Message::Nack(Nack {
+        version: v2.0,
+        nonce: second.nonce.clone(),
+        reason: "a delta on v1, but the config in force is none".into(),
+    }))
+    .await;
+    let third = web.config().await;
+    assert_eq!(third.version, v2.0);
+    assert!(third.delta.is_none());
+    let whole =
+        ProxyConfig::from_yaml("push", std::str::from_utf8(&third.config_json).unwrap()).unwrap();
+    assert_eq!(whole.services[1].ports[0].port, 82);
+    assert_ne!(third.nonce, second.nonce);
 }
