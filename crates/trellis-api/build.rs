@@ -5,6 +5,7 @@ use std::path::Path;
 
 const PROTOS: &[&str] = &[
     "trellis/ca/v1/ca.proto",
+    "trellis/demo/v1/demo.proto",
     "trellis/discovery/v1/discovery.proto",
 ];
 

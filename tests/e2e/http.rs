@@ -591,20 +591,13 @@ fn app_using_the_proxy_as_http_proxy_reaches_its_backend() {
     // way an app with `HTTP_PROXY` set would.
     let web = web_chain();
     let frontend = DemoApp::options("frontend")
-        .arg("--backend")
-        .arg("http://web.test/")
-        .arg("--proxy")
-        .arg(&web.chain.proxy_url())
+        .backend("http://web.test/")
+        .proxy(&web.chain.proxy_url())
         .start(&crate::trellis());
     let response = http_request(frontend.http, "GET", "/", &[], b"");
     assert_eq!(response.status, 200, "{}", response.text());
     let json = response.json();
-    let backend = &json["backends"][0];
-    assert_eq!(
-        backend["status"],
-        200,
-        "{json}\n{}",
-        web.chain.diagnostics()
-    );
-    assert_eq!(backend["body"]["service"], "web", "{json}");
+    let call = &json["calls"][0];
+    assert_eq!(call["status"], 200, "{json}\n{}", web.chain.diagnostics());
+    assert_eq!(call["reply"]["service"], "web", "{json}");
 }

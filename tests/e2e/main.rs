@@ -10,6 +10,7 @@ mod bad_input;
 mod ca_service;
 mod check;
 mod config;
+mod demo;
 mod discovery;
 mod grpc;
 mod http;

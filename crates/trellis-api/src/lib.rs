@@ -5,6 +5,9 @@
 //! - [`ca::v1`]: `trellis.ca.v1.CertificateService`, the mesh CA's signing service (a CSR and
 //!   a credential in; a certificate chain and the trust bundle out). See
 //!   `proto/trellis/ca/v1/ca.proto` for the contract and its error codes.
+//! - [`demo::v1`]: `trellis.demo.v1.Demo`, the gRPC face of `trellis demo-app`: who answered
+//!   and the outcomes of its own backend calls, the same call tree its `GET /` gives in JSON.
+//!   See `proto/trellis/demo/v1/demo.proto`.
 //! - [`discovery::v1`]: `trellis.discovery.v1.Discovery`, config push: one bidirectional
 //!   stream per proxy over mutual TLS; the control plane sends the proxy's compiled
 //!   `trellis_model::ProxyConfig` as JSON with a version and a nonce, the proxy answers ACK or
@@ -76,6 +79,21 @@ pub mod ca {
             clippy::pedantic
         )]
         tonic::include_proto!("trellis.ca.v1");
+    }
+}
+
+/// `trellis.demo.v1`.
+pub mod demo {
+    /// The demo app's service, version 1.
+    pub mod v1 {
+        #![allow(
+            unreachable_pub,
+            rust_2018_idioms,
+            missing_docs,
+            clippy::all,
+            clippy::pedantic
+        )]
+        tonic::include_proto!("trellis.demo.v1");
     }
 }
 

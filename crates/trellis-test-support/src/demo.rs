@@ -17,8 +17,9 @@ pub struct DemoOptions {
     args: Vec<String>,
 }
 
-/// A running `trellis demo-app`: HTTP/1.1 and h2c on `http`, and, when asked for, the
-/// server-first TCP echo on `tcp` (banner `trellis-demo NAME tcp\r\n`, then echo).
+/// A running `trellis demo-app`: HTTP/1.1, h2c and gRPC (`trellis.demo.v1.Demo`) on `http`,
+/// and, when asked for, the server-first TCP echo on `tcp` (banner `trellis-demo NAME tcp\r\n`,
+/// then echo). `GET /` on `http` reports the call tree of its `--backend`s.
 #[derive(Debug)]
 pub struct DemoApp {
     pub http: SocketAddr,
@@ -48,7 +49,24 @@ impl DemoOptions {
         self
     }
 
-    /// Any other argument (`--backend URL`, `--proxy ADDR`).
+    /// A backend that `GET /` calls: `http://HOST[:PORT]/PATH`, `grpc://HOST:PORT` or
+    /// `tcp://HOST:PORT` (repeatable).
+    pub fn backend(self, url: &str) -> DemoOptions {
+        self.arg("--backend").arg(url)
+    }
+
+    /// The explicit HTTP proxy for backend calls (`http://HOST:PORT` or `HOST:PORT`), e.g.
+    /// [`crate::Chain::proxy_url`].
+    pub fn proxy(self, proxy: &str) -> DemoOptions {
+        self.arg("--proxy").arg(proxy)
+    }
+
+    /// Time allowed for each backend call (`500ms`, `2s`).
+    pub fn timeout(self, timeout: &str) -> DemoOptions {
+        self.arg("--timeout").arg(timeout)
+    }
+
+    /// Any other argument.
     pub fn arg(mut self, arg: &str) -> DemoOptions {
         self.args.push(arg.to_owned());
         self
@@ -104,7 +122,8 @@ impl DemoApp {
         DemoOptions::new(name).start(trellis)
     }
 
-    /// Options for a demo app with more than an HTTP port (`.tcp()`, `.version()`, `.arg()`).
+    /// Options for a demo app with more than an HTTP port (`.tcp()`, `.version()`,
+    /// `.backend()`, `.proxy()`, `.arg()`).
     pub fn options(name: &str) -> DemoOptions {
         DemoOptions::new(name)
     }

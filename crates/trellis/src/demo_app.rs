@@ -1,9 +1,34 @@
 //! `trellis demo-app`: the small service the demo and the end-to-end tests run behind proxies.
 //!
-//! One HTTP port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c); the routes are in
-//! [`routes`]. An optional TCP port speaks a server-first protocol: a banner line, then an echo of
-//! every byte until EOF. `GET /` can call other services (`--backend`), directly or through an
-//! explicit HTTP proxy, which is how the demo shows a request crossing the mesh.
+//! It speaks the three kinds of traffic a mesh carries, as a server and as a client:
+//!
+//! - **HTTP** on one port, HTTP/1.1 and HTTP/2 with prior knowledge (h2c); the routes are in
+//!   [`routes`].
+//! - **gRPC** on that same port: `trellis.demo.v1.Demo` (`Info`, `Echo`; see [`grpc`]) for
+//!   requests with `content-type: application/grpc*`.
+//! - **TCP** on an optional port (`--tcp`): a server-first protocol, a banner line
+//!   (`trellis-demo NAME tcp`), then an echo of every byte until EOF.
+//!
+//! `GET /` (and `Demo/Info`) calls every `--backend` at once, each within `--timeout`, and
+//! reports who answered and the outcome of each call, with the backend's own report nested
+//! inside when it is a demo app too: curl the front of a chain of demo apps and you see the
+//! whole call tree ([`report`]). Backends by scheme ([`backend`]): `http://HOST[:PORT]/PATH`
+//! (a GET), `grpc://HOST:PORT` (`Demo/Info`), `tcp://HOST:PORT` (banner, then a line echoed).
+//! With an explicit proxy (`--proxy`, else `HTTP_PROXY`), every call goes through it
+//! ([`dial`]): HTTP in absolute form, gRPC as h2c to the proxy with the backend as
+//! `:authority`, TCP through `CONNECT host:port`; without one, straight to the backend.
+//!
+//! ```text
+//! $ trellis demo-app --name frontend --http 127.0.0.1:8080 \
+//!     --backend http://reviews.test:9080/ --backend grpc://catalog.test:50051 \
+//!     --proxy 127.0.0.1:15001
+//! $ curl -s 127.0.0.1:8080/              # JSON; 200 when every call is ok, else 502
+//! $ curl -s '127.0.0.1:8080/?format=text'
+//! frontend v1: ok
+//! ├─ http://reviews.test:9080/ → reviews v2: ok (HTTP 200, 1.9 ms)
+//! └─ grpc://catalog.test:50051 → catalog v1: ok (gRPC Ok, 3.1 ms)
+//!    └─ tcp://stock.test:7000: ok (banner "trellis-demo stock tcp", 1.2 ms)
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,9 +45,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod backend;
+mod dial;
+mod grpc;
+mod report;
 mod routes;
 
-use backend::{Backend, ProxyAddr};
+use backend::{Backend, Backends, ProxyAddr};
+use report::Report;
 
 /// How long SIGTERM waits for in-flight requests before the process exits anyway.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -45,9 +74,16 @@ pub(crate) struct DemoAppArgs {
     /// Once bound, write `{"http": ADDR, "tcp": ADDR|null}` here (atomically).
     #[arg(long, value_name = "PATH")]
     pub(crate) ready_file: Option<PathBuf>,
-    /// A URL that `GET /` calls and reports on (repeatable; http:// only).
+    /// A service that `GET /` and `Demo/Info` call and report on (repeatable):
+    /// `http://HOST[:PORT][/PATH]` (GET), `grpc://HOST:PORT` (`trellis.demo.v1.Demo/Info`) or
+    /// `tcp://HOST:PORT` (read the banner line, send a line, expect it echoed).
     #[arg(long = "backend", value_name = "URL")]
     pub(crate) backends: Vec<String>,
+    /// Time allowed for each backend call, connecting included. In a chain of demo apps, give
+    /// the callers at the front longer than those behind them, so that a timeout deep down is
+    /// reported by the app that saw it.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = trellis_model::parse_duration)]
+    pub(crate) timeout: Duration,
     /// Explicit HTTP proxy for backend calls, `HOST:PORT` or `http://HOST:PORT`
     /// (default: the `HTTP_PROXY` or `http_proxy` environment variable).
     #[arg(long, value_name = "ADDR")]
@@ -64,6 +100,8 @@ struct Config {
     tcp: Option<SocketAddr>,
     backends: Vec<Backend>,
     proxy: Option<ProxyAddr>,
+    /// Per backend call.
+    timeout: Duration,
 }
 
 /// A running demo app: its bound addresses and the handle that stops it.
@@ -74,13 +112,12 @@ struct Bound {
     tasks: TaskTracker,
 }
 
-/// What the HTTP routes share: who we are and whom `GET /` calls.
+/// What the HTTP routes and the gRPC service share: who we are and whom `GET /` calls.
 #[derive(Debug)]
 struct Service {
     name: Arc<str>,
     version: Arc<str>,
-    backends: Vec<Backend>,
-    proxy: Option<ProxyAddr>,
+    backends: Backends,
 }
 
 /// Run the demo app until SIGTERM (drain, then exit) or SIGINT (stop now).
@@ -94,6 +131,7 @@ pub(crate) async fn run(args: DemoAppArgs) -> anyhow::Result<()> {
         service.version = %config.version,
         backends = ?config.backends.iter().map(|b| b.url()).collect::<Vec<_>>(),
         proxy = ?config.proxy.as_ref().map(|p| p.as_str()),
+        timeout = ?config.timeout,
         "demo app starting"
     );
 
@@ -143,6 +181,7 @@ impl Config {
             tcp: args.tcp,
             backends,
             proxy,
+            timeout: args.timeout,
         })
     }
 }
@@ -173,11 +212,13 @@ impl Bound {
             .map(TcpListener::local_addr)
             .transpose()?;
 
+        // Backend clients: connections are made on first use and kept.
+        let user_agent = format!("trellis-demo/{} ({})", config.name, config.version);
+        let backends = Backends::new(config.backends, config.proxy, config.timeout, user_agent);
         let service = Arc::new(Service {
             name: config.name,
             version: config.version,
-            backends: config.backends,
-            proxy: config.proxy,
+            backends,
         });
         if let Some(listener) = tcp_listener {
             tasks.spawn(serve_tcp(
@@ -212,6 +253,13 @@ impl Bound {
         {
             tracing::warn!(grace = ?grace, "demo app: connections still open after the grace period; closing them");
         }
+    }
+}
+
+impl Service {
+    /// Call every backend (at once) and report.
+    async fn report(&self) -> Report {
+        Report::new(&self.name, &self.version, self.backends.call_all().await)
     }
 }
 

@@ -1,8 +1,11 @@
-//! The demo app's HTTP routes, the same over HTTP/1.1 and h2c:
+//! The demo app's HTTP routes, the same over HTTP/1.1 and h2c, and the door to its gRPC
+//! service:
 //!
 //! | route | answer |
 //! |---|---|
-//! | `/` | JSON: who we are, the request as we saw it, the `--backend` calls' outcomes |
+//! | `content-type: application/grpc*` | `trellis.demo.v1.Demo` ([`super::grpc`]), any path |
+//! | `/` | JSON: who we are, the outcome of every `--backend` call (the call tree), the request as we saw it; 200 when every call is ok, 502 when one failed (the body says which) |
+//! | `/?format=text` (or `Accept: text/plain`) | the same call tree as indented text |
 //! | `/headers` | JSON: the request headers only |
 //! | `/echo` | the request body streamed back (content-type and trailers too) |
 //! | `/status/{code}` | that status |
@@ -19,19 +22,21 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRAILER};
+use http::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRAILER};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::Service;
+use super::report::Report;
+use super::{Service, grpc};
 
 /// Every route's response body.
 pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `/delay/{ms}` never sleeps longer than this.
 const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -41,6 +46,19 @@ const MAX_BYTES: u64 = 8 << 30;
 const CHUNK: usize = 64 << 10;
 /// Byte i of `/bytes/{n}` is `i % PATTERN_PERIOD` (a prime, so it never lines up with chunks).
 const PATTERN_PERIOD: usize = 251;
+
+/// The JSON of `GET /`: the call tree first (what a person curling the app reads), then the
+/// request as we saw it (what tests of the proxies check).
+#[derive(Serialize)]
+struct RootAnswer<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    protocol: &'static str,
+    method: &'a str,
+    path: &'a str,
+    authority: Option<String>,
+    headers: BTreeMap<String, String>,
+}
 
 /// The body of `/bytes/{n}`: generated as it is sent, never held whole.
 struct PatternBody {
@@ -58,7 +76,9 @@ pub(super) async fn handle(
     let version = req.version();
     let path = uri.path();
 
-    let response = if path == "/" {
+    let response = if grpc::is_grpc(&req) {
+        grpc::serve(service.clone(), req).await
+    } else if path == "/" {
         info(&service, &req).await
     } else if path == "/headers" {
         json_response(
@@ -97,14 +117,19 @@ pub(super) async fn handle(
     Ok(response)
 }
 
-/// `GET /`: who we are, the request as we saw it, and what each backend answered.
+/// `GET /`: who we are and what each backend answered (JSON, or text when asked for), then
+/// the request as we saw it. 502 when any call failed, so that `curl -f` and the mesh's
+/// metrics see it; the body still holds the whole tree.
 async fn info(service: &Service, req: &Request<Incoming>) -> Response<Body> {
-    let user_agent = format!("trellis-demo/{} ({})", service.name, service.version);
-    let calls = service
-        .backends
-        .iter()
-        .map(|backend| backend.call(service.proxy.as_ref(), &user_agent));
-    let backends = futures_util::future::join_all(calls).await;
+    let report = service.report().await;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    if wants_text(req) {
+        return text(status, report.to_text());
+    }
     let authority = req
         .uri()
         .authority()
@@ -113,19 +138,49 @@ async fn info(service: &Service, req: &Request<Incoming>) -> Response<Body> {
             let host = req.headers().get(http::header::HOST)?;
             Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
         });
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "service": &*service.name,
-            "version": &*service.version,
-            "protocol": protocol(req.version()),
-            "method": req.method().as_str(),
-            "path": req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
-            "authority": authority,
-            "headers": headers_json(req.headers()),
-            "backends": backends,
-        }),
-    )
+    let answer = RootAnswer {
+        report: &report,
+        protocol: protocol(req.version()),
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        authority,
+        headers: headers_json(req.headers()),
+    };
+    // Pretty: people read this one. Serialising a struct keeps the fields in order.
+    match serde_json::to_string_pretty(&answer) {
+        Ok(mut body) => {
+            body.push('\n');
+            let mut response = Response::new(full(body.into()));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer failed: {e}\n"),
+        ),
+    }
+}
+
+/// `?format=text`, or an `Accept` that names `text/plain` (and no `?format=json`).
+fn wants_text<B>(req: &Request<B>) -> bool {
+    let format = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("format="));
+    match format {
+        Some(format) => format == "text",
+        None => req
+            .headers()
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("text/plain")),
+    }
 }
 
 /// `/echo`: the request body goes back as the response body frame by frame, trailers

@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 
 use super::*;
 
+/// The backend calls: gRPC, TCP, through a proxy, failures.
+mod calls;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body fed from the test, frame by frame.
@@ -119,6 +122,7 @@ fn config(name: &str) -> Config {
         tcp: Some("127.0.0.1:0".parse().unwrap()),
         backends: Vec::new(),
         proxy: None,
+        timeout: Duration::from_secs(2),
     }
 }
 
@@ -135,6 +139,7 @@ fn args(name: &str) -> DemoAppArgs {
         ready_file: None,
         backends: Vec::new(),
         proxy: None,
+        timeout: Duration::from_secs(2),
     }
 }
 
@@ -143,15 +148,8 @@ fn pattern_byte(i: usize) -> u8 {
 }
 
 #[tokio::test]
-async fn root_reports_service_request_and_backends() {
-    let backend = start("reviews").await;
+async fn root_reports_who_answered_and_the_request_as_seen() {
     let mut cfg = config("productpage");
-    cfg.backends = vec![
-        Backend::parse(&format!("http://{}/headers?x=1", backend.http)).unwrap(),
-        Backend::parse(&format!("http://{}/status/503", backend.http)).unwrap(),
-        // Nothing listens on a port we just released.
-        Backend::parse(&format!("http://{}/", closed_port().await)).unwrap(),
-    ];
     cfg.version = "v3".into();
     let app = Bound::bind(cfg).await.unwrap();
 
@@ -167,11 +165,18 @@ async fn root_reports_service_request_and_backends() {
         let response = client.send(req).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-        let json: Value =
-            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
-                .unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        // The call tree comes first, for people reading it.
+        assert!(
+            bytes.starts_with(b"{\n  \"service\": \"productpage\",\n  \"version\": \"v3\""),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let json: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["service"], "productpage");
         assert_eq!(json["version"], "v3");
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["calls"], serde_json::json!([]));
         let expected_protocol = match proto {
             Proto::H1 => "HTTP/1.1",
             Proto::H2 => "HTTP/2.0",
@@ -182,55 +187,8 @@ async fn root_reports_service_request_and_backends() {
         assert_eq!(json["authority"], app.http.to_string());
         assert_eq!(json["headers"]["x-multi"], "a, b");
         assert_eq!(json["headers"]["x-upper"], "v");
-
-        let backends = json["backends"].as_array().unwrap();
-        assert_eq!(backends.len(), 3, "{json:#}");
-        // A JSON body comes back parsed.
-        assert_eq!(
-            backends[0]["url"],
-            format!("http://{}/headers?x=1", backend.http)
-        );
-        assert_eq!(backends[0]["status"], 200);
-        assert_eq!(
-            backends[0]["body"]["headers"]["user-agent"],
-            "trellis-demo/productpage (v3)"
-        );
-        assert_eq!(
-            backends[0]["body"]["headers"]["host"],
-            backend.http.to_string()
-        );
-        // A text body comes back as a string.
-        assert_eq!(backends[1]["status"], 503);
-        assert_eq!(backends[1]["body"], "status 503\n");
-        // A failure is reported, not fatal.
-        let error = backends[2]["error"].as_str().unwrap();
-        assert!(error.contains("connecting to"), "{error}");
     }
     app.shutdown(Duration::from_secs(1)).await;
-    backend.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test]
-async fn backend_calls_go_through_the_proxy_in_absolute_form() {
-    // Another demo app stands in for the proxy: hyper's server accepts an absolute-form
-    // target, and `GET /` reports the authority it carried and the path.
-    let fake_proxy = start("proxy").await;
-    let mut cfg = config("caller");
-    cfg.backends = vec![Backend::parse("http://ratings.mesh:9080/?who=me").unwrap()];
-    cfg.proxy = Some(ProxyAddr::parse(&format!("http://{}/", fake_proxy.http)).unwrap());
-    let app = Bound::bind(cfg).await.unwrap();
-
-    let (status, _, bytes) = get(app.http, Proto::H1, "/").await;
-    assert_eq!(status, StatusCode::OK);
-    let json: Value = serde_json::from_slice(&bytes).unwrap();
-    let call = &json["backends"][0];
-    assert_eq!(call["status"], 200, "{json:#}");
-    assert_eq!(call["body"]["service"], "proxy");
-    assert_eq!(call["body"]["authority"], "ratings.mesh:9080");
-    assert_eq!(call["body"]["path"], "/?who=me");
-    assert_eq!(call["body"]["headers"]["host"], "ratings.mesh:9080");
-    app.shutdown(Duration::from_secs(1)).await;
-    fake_proxy.shutdown(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -479,6 +437,31 @@ fn ready_file_is_written_whole() {
 }
 
 #[test]
+fn backends_parse_by_scheme() {
+    for ok in [
+        "http://reviews:9080/x?y=1",
+        "http://reviews",
+        "grpc://catalog:50051",
+        "grpc://catalog:50051/",
+        "tcp://stock:7000",
+        "tcp://[::1]:7000",
+    ] {
+        Backend::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+    }
+    for (bad, why) in [
+        ("https://x/", "not supported"),
+        ("grpc://catalog", "missing the port"),
+        ("tcp://stock", "missing the port"),
+        ("grpc://catalog:50051/Demo/Info", "no path"),
+        ("stock:7000", "scheme"),
+        ("/no-host", "scheme"),
+    ] {
+        let error = format!("{:#}", Backend::parse(bad).unwrap_err());
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+}
+
+#[test]
 fn config_takes_the_flag_over_the_environment_and_reports_every_error() {
     let mut a = args("a");
     let cfg = Config::from_args(&a, Some("http://10.0.0.1:3128".to_owned())).unwrap();
@@ -492,6 +475,8 @@ fn config_takes_the_flag_over_the_environment_and_reports_every_error() {
     a.backends = vec![
         "https://x/".to_owned(),
         "http://ok:81".to_owned(),
+        "grpc://ok:82".to_owned(),
+        "tcp://ok:83".to_owned(),
         "/no-host".to_owned(),
     ];
     a.proxy = Some("socks5://p:1080".to_owned());
@@ -499,7 +484,7 @@ fn config_takes_the_flag_over_the_environment_and_reports_every_error() {
     assert!(error.contains("\"https://x/\""), "{error}");
     assert!(error.contains("\"/no-host\""), "{error}");
     assert!(error.contains("--proxy \"socks5://p:1080\""), "{error}");
-    assert!(!error.contains("ok:81"), "{error}");
+    assert!(!error.contains("ok:8"), "{error}");
 }
 
 /// An address nothing listens on (a port we bound and released).
