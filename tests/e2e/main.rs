@@ -22,6 +22,7 @@ mod mtls;
 mod streaming;
 mod transparent;
 mod tunnel;
+mod up;
 mod websocket;
 
 use serde_json::Value;
