@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::tools::{require_tool, skip};
+use crate::tools::{require_tool, skip_because};
 
 /// A network namespace created for one test.
 #[derive(Debug)]
@@ -19,7 +19,10 @@ impl NetNs {
     /// `SKIPPED ...`) when not root or a tool is missing; under `CI=true` it panics instead.
     pub fn create(label: &str) -> Option<NetNs> {
         if !is_root() {
-            skip("root (network namespaces and iptables need it)");
+            skip_because(
+                "not root (network namespaces and iptables need it)",
+                "CI runs the suite as root",
+            );
             return None;
         }
         if !require_tool("ip") || !require_tool("iptables") {
