@@ -8,6 +8,7 @@
 mod admin;
 mod bad_input;
 mod ca_service;
+mod capture;
 mod check;
 mod config;
 mod demo;

@@ -4,8 +4,8 @@
 No protoc and no generated code: messages are raw bytes, handled with grpcio's generic
 handlers and identity (de)serializers.
 
-  grpc_peer.py server --port 0
-      Serves trellis.test.Echo on 127.0.0.1 (insecure, h2c) and prints `READY <port>`.
+  grpc_peer.py server --port 0 [--host 127.0.0.1]
+      Serves trellis.test.Echo on HOST (insecure, h2c) and prints `READY <port>`.
   grpc_peer.py client --target HOST:PORT [--proxy ADDR]
       Runs the four calls and checks them; prints one line per check, then `OK`.
       With --proxy the channel connects to ADDR with :authority = HOST:PORT.
@@ -61,7 +61,7 @@ def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
-def serve(port: int) -> int:
+def serve(host: str, port: int) -> int:
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -81,9 +81,9 @@ def serve(port: int) -> int:
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((handler,))
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
-        print(f"grpc_peer: cannot listen on 127.0.0.1:{port}", file=sys.stderr)
+        print(f"grpc_peer: cannot listen on {host}:{port}", file=sys.stderr)
         return 1
     server.start()
 
@@ -231,12 +231,13 @@ def main() -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     server = commands.add_parser("server", help="serve trellis.test.Echo on 127.0.0.1")
     server.add_argument("--port", type=int, default=0)
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
     client = commands.add_parser("client", help="run and check the four calls")
     client.add_argument("--target", required=True, help="HOST:PORT of the Echo service")
     client.add_argument("--proxy", help="HOST:PORT to connect to instead (:authority stays target)")
     args = parser.parse_args()
     if args.command == "server":
-        return serve(args.port)
+        return serve(args.host, args.port)
     return run_client(args.target, args.proxy)
 
 

@@ -197,8 +197,8 @@ impl Inbound {
     {
         let mut obs =
             TcpObserver::start(&self.metrics, Reporter::Destination, &snapshot.node, addrs);
-        if snapshot.app_port(target).is_none() {
-            return obs.fail(&ProxyError::NotAnAppPort { target });
+        if let Err(error) = admit_captured(target, snapshot) {
+            return obs.fail(&error);
         }
         obs.set_upstream(target);
         let t = snapshot.timeouts;
@@ -232,8 +232,8 @@ impl Inbound {
             &req,
             addrs,
         );
-        if snapshot.app_port(target).is_none() {
-            return obs.fail(&ProxyError::NotAnAppPort { target }, version);
+        if let Err(error) = admit_captured(target, &snapshot) {
+            return obs.fail(&error, version);
         }
         // This is where the request enters the mesh: the edge headers are ours to set.
         obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
@@ -395,6 +395,13 @@ fn admit(target: SocketAddr, peer: &PeerConn, snapshot: &Snapshot) -> Result<(),
         return Err(ProxyError::MtlsRequired { target });
     }
     Ok(())
+}
+
+/// May a captured connection (plaintext from outside the mesh) reach `target`? A port of
+/// the local app whose mTLS mode is not STRICT: peers' mutual TLS arrives on the mesh port,
+/// never here.
+fn admit_captured(target: SocketAddr, snapshot: &Snapshot) -> Result<(), ProxyError> {
+    admit(target, &PeerConn::default(), snapshot)
 }
 
 /// The app address named by `trellis-dst`, if this peer may reach it.

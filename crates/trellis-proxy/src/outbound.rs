@@ -226,8 +226,18 @@ impl Outbound {
             .and_then(|dst| snapshot.by_addr(dst))
             .or_else(|| snapshot.by_host(&host, port))
             .cloned();
+        // Outside the mesh, a captured request goes where the app was connecting, whatever its
+        // Host header says (it may name anything, even this proxy's admin port); a CONNECT
+        // names its own target.
+        let orig_dst = ctx.orig_dst.filter(|_| req.method() != Method::CONNECT);
         let route = match self
-            .route(&snapshot, dest.as_deref(), &host, port, ctx.version)
+            .route(
+                &snapshot,
+                dest.as_deref(),
+                (&host, port),
+                orig_dst,
+                ctx.version,
+            )
             .await
         {
             Ok(route) => route,
@@ -295,13 +305,14 @@ impl Outbound {
         obs.respond(result, ctx.version)
     }
 
-    /// Pick the endpoint for a destination, or resolve a destination outside the mesh.
+    /// Pick the endpoint for a destination; outside the mesh, `orig_dst` when the connection
+    /// was captured, else the named host.
     async fn route(
         &self,
         snapshot: &Snapshot,
         dest: Option<&Destination>,
-        host: &str,
-        port: u16,
+        (host, port): (&str, u16),
+        orig_dst: Option<SocketAddr>,
         version: Version,
     ) -> Result<Route, ProxyError> {
         if let Some(dest) = dest {
@@ -321,8 +332,11 @@ impl Outbound {
                 authority: format!("{host}:{port}"),
             });
         }
-        // Passthrough (ALLOW_ANY): straight to the named host, in the client's protocol.
-        let target = resolve(host, port).await?;
+        // Passthrough (ALLOW_ANY), in the client's protocol.
+        let target = match orig_dst {
+            Some(dst) => dst,
+            None => resolve(host, port).await?,
+        };
         Ok(Route {
             target,
             mesh: None,

@@ -8,12 +8,17 @@ use crate::dir::TestDir;
 use crate::process::Process;
 use crate::proxy::{STARTUP, Trellis, wait_for_ready_file};
 
+const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// How to start a demo app.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     name: String,
     version: Option<String>,
-    tcp: bool,
+    /// Where to listen: HTTP, and the TCP echo when `tcp` is set.
+    http: SocketAddr,
+    tcp: Option<SocketAddr>,
     args: Vec<String>,
 }
 
@@ -33,7 +38,8 @@ impl DemoOptions {
         DemoOptions {
             name: name.to_owned(),
             version: None,
-            tcp: false,
+            http: LOOPBACK_ANY_PORT,
+            tcp: None,
             args: Vec::new(),
         }
     }
@@ -45,7 +51,20 @@ impl DemoOptions {
 
     /// Also serve the TCP echo port.
     pub fn tcp(mut self) -> DemoOptions {
-        self.tcp = true;
+        self.tcp = Some(LOOPBACK_ANY_PORT);
+        self
+    }
+
+    /// Listen for HTTP on `addr` instead of 127.0.0.1:0 (a pod's app listens on all its
+    /// addresses, on a fixed port).
+    pub fn http_addr(mut self, addr: SocketAddr) -> DemoOptions {
+        self.http = addr;
+        self
+    }
+
+    /// Serve the TCP echo port on `addr`.
+    pub fn tcp_addr(mut self, addr: SocketAddr) -> DemoOptions {
+        self.tcp = Some(addr);
         self
     }
 
@@ -72,21 +91,22 @@ impl DemoOptions {
         self
     }
 
-    /// Starts the app on 127.0.0.1:0 and waits for its ready file.
+    /// Starts the app (on 127.0.0.1:0 unless told otherwise) and waits for its ready file.
     pub fn start(self, trellis: &Trellis) -> DemoApp {
         let label = format!("demo-{}", self.name);
         let dir = TestDir::new(&label);
         let ready = dir.join("ready.json");
         let mut command = trellis.command();
         command
-            .args(["demo-app", "--name", &self.name, "--http", "127.0.0.1:0"])
+            .args(["demo-app", "--name", &self.name, "--http"])
+            .arg(self.http.to_string())
             .arg("--ready-file")
             .arg(&ready);
         if let Some(version) = &self.version {
             command.args(["--version", version]);
         }
-        if self.tcp {
-            command.args(["--tcp", "127.0.0.1:0"]);
+        if let Some(tcp) = self.tcp {
+            command.arg("--tcp").arg(tcp.to_string());
         }
         command.args(&self.args);
         let mut process = Process::spawn(&label, command);
@@ -104,7 +124,7 @@ impl DemoOptions {
             addr("http").unwrap_or_else(|| panic!("{label}: no http address in ready file {json}"));
         let tcp = addr("tcp");
         assert!(
-            !self.tcp || tcp.is_some(),
+            self.tcp.is_none() || tcp.is_some(),
             "{label}: asked for --tcp but the ready file has no tcp address: {json}"
         );
         DemoApp {

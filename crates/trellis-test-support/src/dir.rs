@@ -41,12 +41,31 @@ impl TestDir {
         self.path.join(name)
     }
 
+    /// Hands the directory and everything in it to `uid`/`gid` (for a process that runs as
+    /// another user: a sidecar under its own uid).
+    pub fn chown(&self, uid: u32, gid: u32) {
+        chown_tree(&self.path, uid, gid);
+    }
+
     /// Writes `contents` to `name` inside the directory and returns the file's path.
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.join(name);
         std::fs::write(&path, contents)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         path
+    }
+}
+
+/// `chown -R`.
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("cannot chown {} to {uid}:{gid}: {e}", path.display()));
+    if path.is_dir() {
+        let entries = std::fs::read_dir(path)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", path.display()));
+        for entry in entries.flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
     }
 }
 

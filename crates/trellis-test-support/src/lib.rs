@@ -8,7 +8,9 @@
 //!   runs, each started with `--ready-file` and waited for with a deadline.
 //! - [`Chain`]: the usual topology, client → proxy A → proxy B → app.
 //! - [`NetNs`]: a private network namespace with its own iptables (root only), for
-//!   transparent capture.
+//!   transparent capture; [`Node`] and [`Pod`]: pods on a bridge, each with its app, its
+//!   sidecar under its own uid and `trellis iptables apply`; [`PacketCapture`]: tcpdump on
+//!   their link, read back packet by packet.
 //! - Peers: [`PyPeer`] (the Python gRPC/WebSocket peers), [`TlsServer`] (`openssl s_server`),
 //!   [`HeldUpstream`] (an HTTP/1.1 upstream that holds each request for a while).
 //! - Clients: [`Curl`], [`RawConn`] (scripted bytes), [`client`] (hyper, for streamed bodies).
@@ -25,7 +27,9 @@ pub mod dir;
 pub mod discovery;
 pub mod metrics;
 pub mod netns;
+pub mod pcap;
 pub mod peer;
+pub mod pods;
 pub mod process;
 pub mod proxy;
 pub mod raw;
@@ -40,7 +44,9 @@ pub use demo::{DemoApp, DemoOptions};
 pub use dir::TestDir;
 pub use metrics::{Metrics, Sample};
 pub use netns::NetNs;
+pub use pcap::{Packet, PacketCapture, TlsSummary, Transport};
 pub use peer::{PyPeer, TlsServer, repo_root, run_python};
+pub use pods::{Node, PROXY_GID, PROXY_UID, Pod};
 pub use process::{CommandOutput, Process, run, run_with_input};
 pub use proxy::{ProxyAddrs, ProxyProcess, Trellis};
 pub use raw::{Closed, RawConn, RawResponse, http_request};

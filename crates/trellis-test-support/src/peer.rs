@@ -34,7 +34,12 @@ impl PyPeer {
     /// Runs `python3 -u SCRIPT ARGS...` (`script` relative to the repository root) and waits
     /// for its `READY <port>` line.
     pub fn start(script: &str, args: &[&str]) -> PyPeer {
-        let mut command = Command::new("python3");
+        PyPeer::start_with(Command::new("python3"), script, args)
+    }
+
+    /// Like [`PyPeer::start`], with `python3` started by `python` (e.g. `ip netns exec NS
+    /// python3`, from [`crate::NetNs::exec`]).
+    pub fn start_with(mut command: Command, script: &str, args: &[&str]) -> PyPeer {
         command.arg("-u").arg(repo_root().join(script)).args(args);
         let process = Process::spawn(script, command);
         let ready =

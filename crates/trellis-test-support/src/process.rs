@@ -122,6 +122,20 @@ impl Process {
         })
     }
 
+    /// The first stderr line matching `pred`, waiting up to `timeout` for it.
+    pub fn wait_for_stderr(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        wait_until(timeout, || {
+            lock(&self.output.stderr)
+                .iter()
+                .find(|line| pred(line))
+                .cloned()
+        })
+    }
+
     /// The exit status if the process has ended (reaps it).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {

@@ -24,6 +24,9 @@ pub struct Trellis {
     bin: PathBuf,
     /// Run every process inside this network namespace (`ip netns exec NS ...`).
     netns: Option<String>,
+    /// Run every process as this user and group (`setpriv`), the way a pod runs its sidecar
+    /// under its own uid so that capture rules can leave the sidecar's traffic alone.
+    user: Option<(u32, u32)>,
 }
 
 /// The addresses a proxy reports in its ready file (listeners configured with port 0 carry
@@ -54,14 +57,24 @@ impl Trellis {
         Trellis {
             bin: bin.into(),
             netns: None,
+            user: None,
         }
     }
 
     /// The same binary, with every process it starts running inside network namespace `ns`.
     pub fn in_netns(&self, ns: &crate::NetNs) -> Trellis {
         Trellis {
-            bin: self.bin.clone(),
             netns: Some(ns.name().to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// The same binary, with every process it starts running as `uid`/`gid` (no
+    /// supplementary groups). The files a proxy needs are handed to that user.
+    pub fn as_user(&self, uid: u32, gid: u32) -> Trellis {
+        Trellis {
+            user: Some((uid, gid)),
+            ..self.clone()
         }
     }
 
@@ -69,22 +82,30 @@ impl Trellis {
         &self.bin
     }
 
-    /// A `Command` for the binary (inside the network namespace, if any), to run subcommands
-    /// by hand.
+    /// A `Command` for the binary (inside the network namespace and as the user, if any), to
+    /// run subcommands by hand. `ip netns exec` and `setpriv` exec the binary, so the child's
+    /// pid is the binary's.
     pub fn command(&self) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", ns]).arg(&self.bin);
-                command
-            }
-            None => Command::new(&self.bin),
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            words.extend(["ip", "netns", "exec", ns].map(Into::into));
         }
+        if let Some((uid, gid)) = self.user {
+            words.push("setpriv".into());
+            words.push(format!("--reuid={uid}").into());
+            words.push(format!("--regid={gid}").into());
+            words.push("--clear-groups".into());
+            words.push("--".into());
+        }
+        words.push(self.bin.clone().into());
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
+        command
     }
 
     /// Starts `trellis proxy` with `yaml` as its config; see [`ProxyProcess::start`].
     pub fn proxy(&self, name: &str, yaml: &str) -> ProxyProcess {
-        ProxyProcess::spawn(self.command(), name, yaml, &[])
+        ProxyProcess::spawn_as(self.command(), name, yaml, &[], self.user)
     }
 
     /// Starts `trellis demo-app --name NAME` with an HTTP port only.
@@ -108,8 +129,23 @@ impl ProxyProcess {
 
     /// Starts `command` (the binary, possibly behind a launcher such as `ip netns exec`) as a
     /// proxy; see [`ProxyProcess::start`].
-    pub fn spawn(mut command: Command, name: &str, yaml: &str, args: &[&str]) -> ProxyProcess {
+    pub fn spawn(command: Command, name: &str, yaml: &str, args: &[&str]) -> ProxyProcess {
+        ProxyProcess::spawn_as(command, name, yaml, args, None)
+    }
+
+    /// Like [`ProxyProcess::spawn`] for a proxy that runs as `user` (uid, gid): its directory
+    /// (config, ready file) is handed to that user first.
+    pub fn spawn_as(
+        mut command: Command,
+        name: &str,
+        yaml: &str,
+        args: &[&str],
+        user: Option<(u32, u32)>,
+    ) -> ProxyProcess {
         let dir = TestDir::new(name);
+        if let Some((uid, gid)) = user {
+            dir.chown(uid, gid);
+        }
         let config = dir.write("proxy.yaml", yaml);
         let ready = dir.join("ready.json");
         command

@@ -29,15 +29,23 @@ pub fn require_python_module(module: &str) -> bool {
     imported || skip(&format!("python module {module}"))
 }
 
+/// Skips (or fails under `CI=true`) for a missing tool.
 pub(crate) fn skip(what: &str) -> bool {
+    skip_because(
+        &format!("{what} not installed"),
+        "./scripts/test installs it",
+    )
+}
+
+/// Prints `SKIPPED <test>: <reason> (<hint>)` and returns false; under `CI=true` it panics
+/// instead, so CI never passes without running the test.
+pub(crate) fn skip_because(reason: &str, hint: &str) -> bool {
     let current = std::thread::current();
     let test = current.name().unwrap_or("test");
     if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!(
-            "{test}: {what} not installed, and CI=true forbids skipping (./scripts/test installs it)"
-        );
+        panic!("{test}: {reason}, and CI=true forbids skipping ({hint})");
     }
-    eprintln!("SKIPPED {test}: {what} not installed (./scripts/test installs it)");
+    eprintln!("SKIPPED {test}: {reason} ({hint})");
     false
 }
 

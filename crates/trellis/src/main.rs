@@ -5,6 +5,7 @@ mod cert;
 mod check;
 mod control;
 mod demo_app;
+mod iptables;
 mod proxy;
 mod status;
 mod up;
@@ -40,6 +41,8 @@ enum Command {
     ProxyStatus(status::ProxyStatusArgs),
     /// Print the config a proxy has applied (its /config_dump), found by name or admin address.
     ProxyConfig(status::ProxyConfigArgs),
+    /// Transparent capture rules for a workload's network namespace: print, apply, clean.
+    Iptables(iptables::IptablesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
             Command::Ca(args) => ca::run(args).await,
             Command::Cert(args) => cert::run(args).await,
             Command::Check(args) => check::run(&args),
+            Command::Iptables(args) => iptables::run(args),
             Command::Control(args) => control::run(args).await,
             Command::ProxyStatus(args) => status::proxy_status(args).await,
             Command::ProxyConfig(args) => status::proxy_config(args).await,
