@@ -264,6 +264,7 @@ fn service(
             .collect(),
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
         timeouts,
+        routes: Vec::new(),
     }
 }
 

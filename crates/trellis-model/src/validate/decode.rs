@@ -19,6 +19,8 @@ use crate::proxy::{self, App, AppPort, Endpoint, Identity, Listeners, MtlsMode};
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
+pub(super) mod route;
+
 pub(super) const ROOT_FIELDS: &[&str] = &[
     "node",
     "listeners",
@@ -57,6 +59,7 @@ pub(super) const SERVICE_FIELDS: &[&str] = &[
     "ports",
     "endpoints",
     "timeouts",
+    "routes",
 ];
 pub(super) const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "target_port"];
 pub(super) const ENDPOINT_FIELDS: &[&str] = &[
@@ -303,6 +306,9 @@ impl Decoder {
                 .optional(&f, "endpoints", |d, n, p| d.list(n, p, Self::endpoint))
                 .unwrap_or_default(),
             timeouts: self.optional(&f, "timeouts", |d, n, p| Some(d.timeouts(n, p))),
+            routes: self
+                .optional(&f, "routes", |d, n, p| d.list(n, p, Self::route))
+                .unwrap_or_default(),
         }
     }
 
