@@ -4,15 +4,17 @@
 //! What goes in: the node, the app (its address and the ports of the Services that select it,
 //! with their protocols and PeerAuthentication's port-level mTLS), every Service of the mesh
 //! with its endpoints (the Workloads its selector matches, each with its sidecar's address and
-//! SPIFFE identity) and the timeouts of its TrafficPolicy, and the workload's mTLS mode.
+//! SPIFFE identity), the timeouts of its TrafficPolicy and its routes (HTTPRoute and
+//! GRPCRoute as GAMMA scopes them, see [`route`]: producer routes for every caller, consumer
+//! routes for the callers of their namespace), and the workload's mTLS mode.
 //!
-//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; routes,
-//! the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to carry them;
-//! every proxy sees every Service (GAMMA's consumer/producer route scoping and a Sidecar-like
-//! visibility limit come with routes).
+//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; route
+//! mirrors, the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to
+//! carry them; every proxy sees every Service (a Sidecar-like visibility limit comes later).
 //!
-//! [`Compiler`] does the work shared by every proxy (selectors, endpoints) once per set of
-//! resources; [`compile`] is the one-shot form.
+//! [`Compiler`] does the work shared by every proxy (selectors, endpoints, producer routes)
+//! once per set of resources, so that each proxy costs a copy of the Services plus its
+//! namespace's consumer routes; [`compile`] is the one-shot form.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +22,7 @@ use super::mesh::{selections, selects};
 use super::{Resource, Resources, ServiceSpec, TrafficPolicySpec, WorkloadSpec};
 use crate::proxy::{self, App, AppPort, Endpoint, MtlsMode, Node, ProxyConfig, Timeouts};
 
+mod route;
 #[cfg(test)]
 mod tests;
 
@@ -49,8 +52,11 @@ pub enum CompileError {
 pub struct Compiler<'r> {
     resources: &'r Resources,
     options: CompileOptions,
-    /// Every Service with its endpoints, sorted by namespace and name: the same for every proxy.
+    /// Every Service with its endpoints and producer routes, sorted by namespace and name: the
+    /// same for every proxy.
     services: Vec<proxy::Service>,
+    /// Consumer routes by caller namespace: index into `services`, and the routes.
+    consumer_routes: HashMap<String, Vec<(usize, Vec<proxy::Route>)>>,
     /// For each workload, the Services that select it (indexes into `resources.services`).
     selected_by: Vec<Vec<usize>>,
     workloads: HashMap<(&'r str, &'r str), usize>,
@@ -81,12 +87,36 @@ impl<'r> Compiler<'r> {
             .iter()
             .map(|p| ((p.metadata.namespace.as_str(), p.spec.target.as_str()), p))
             .collect();
-        let services = order
+        let mut routes = route::Routes::compile(resources);
+        let services: Vec<proxy::Service> = order
             .iter()
             .map(|&s| {
                 let svc = &resources.services[s];
                 let policy = policies.get(&key(svc)).copied();
-                service(resources, &options, s, &selections[s], policy)
+                let mut service = service(resources, &options, s, &selections[s], policy);
+                let (ns, name) = key(svc);
+                service.routes = routes
+                    .producer
+                    .remove(&(ns.to_string(), name.to_string()))
+                    .unwrap_or_default();
+                service
+            })
+            .collect();
+        let index: HashMap<(&str, &str), usize> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.namespace.as_str(), s.name.as_str()), i))
+            .collect();
+        let consumer_routes = routes
+            .consumer
+            .into_iter()
+            .map(|(caller, by_service)| {
+                let mut list: Vec<(usize, Vec<proxy::Route>)> = by_service
+                    .into_iter()
+                    .filter_map(|((ns, name), r)| Some((*index.get(&(&*ns, &*name))?, r)))
+                    .collect();
+                list.sort_by_key(|(i, _)| *i);
+                (caller, list)
             })
             .collect();
         let workloads = resources
@@ -99,6 +129,7 @@ impl<'r> Compiler<'r> {
             resources,
             options,
             services,
+            consumer_routes,
             selected_by,
             workloads,
         }
@@ -123,6 +154,10 @@ impl<'r> Compiler<'r> {
         };
         let workload = &self.resources.workloads[w];
         let (mtls, port_level) = self.peer_authentication(workload);
+        let mut services = self.services.clone();
+        for (s, routes) in self.consumer_routes.get(namespace).into_iter().flatten() {
+            route::apply_consumer_routes(&mut services[*s], routes);
+        }
         Ok(ProxyConfig {
             node: Node {
                 name: workload.metadata.name.clone(),
@@ -131,7 +166,7 @@ impl<'r> Compiler<'r> {
             },
             listeners: Default::default(),
             app: self.app(w, port_level),
-            services: self.services.clone(),
+            services,
             outbound_policy: Default::default(),
             timeouts: Timeouts::default(),
             identity: None,
@@ -140,7 +175,8 @@ impl<'r> Compiler<'r> {
         })
     }
 
-    /// Every Service as each proxy sees it.
+    /// Every Service as each proxy sees it, but for consumer routes (which only the callers
+    /// in their namespace see).
     pub fn services(&self) -> &[proxy::Service] {
         &self.services
     }
