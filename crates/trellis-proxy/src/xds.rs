@@ -97,6 +97,8 @@ pub(crate) enum Refusal {
     Invalid(ConfigErrors),
     #[error("the config is for node {pushed}, but this proxy is {ours}")]
     WrongNode { pushed: String, ours: String },
+    #[error("the routes cannot be used: {0}")]
+    Routes(crate::route::RouteError),
     #[error(
         "{section} cannot change while the proxy runs: restart the proxy to change {section} \
          (running: {ours}; pushed: {pushed})"
@@ -229,7 +231,15 @@ impl Discovery {
         match merge(&self.bootstrap, &current, version, &config_json) {
             Ok(Merged::Changed(config)) => {
                 let services = config.services.len();
-                self.state.store(*config);
+                if let Err(error) = self.state.store(*config) {
+                    let reason = Refusal::Routes(error).to_string();
+                    tracing::warn!(version, %reason, "config from the control plane refused (NACK); the config in force stays");
+                    return message(proxy_message::Message::Nack(Nack {
+                        version,
+                        nonce,
+                        reason,
+                    }));
+                }
                 tracing::info!(version, services, "config from the control plane applied");
                 self.applied.send_replace(Some(version));
                 message(proxy_message::Message::Ack(Ack { version, nonce }))
