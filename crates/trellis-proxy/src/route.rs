@@ -13,15 +13,20 @@
 //! 5. the order of the routes (the control plane lists them in tie-break order), then of
 //!    their rules, then of the rule's matches.
 //!
-//! The table is sorted in that order when it is built, so a request walks it from the top and
-//! stops at its first match: no allocation and no lock on the request path. What a rule then
-//! does (filters, the weighted pick of a backend) is in [`filter`] and [`weighted`].
+//! The matches are sorted in that order when the table is built, and indexed so that a
+//! request only looks at those its path can satisfy: exact paths by path; prefixes by prefix,
+//! looked up for each of the request path's segment boundaries from the longest (two prefixes
+//! of one length cannot both match); then the regular expressions and the matches without a
+//! path, in order. The first match wins: no lock, and no allocation unless a query parameter
+//! is percent-encoded or a header repeated. What a rule then does (filters, the weighted pick
+//! of a backend) is in [`filter`] and [`weighted`].
 //!
 //! The table is generic over its backends `B` (the proxy's destinations; anything in tests and
 //! benchmarks), so that routing knows nothing of endpoints.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +49,13 @@ mod weighted;
 /// The routes of one port of one service.
 #[derive(Debug)]
 pub struct RouteTable<B> {
-    /// Every match of every rule, in precedence order.
-    entries: Vec<Entry>,
+    /// Matches with an exact path, by path; each list in precedence order.
+    exact: HashMap<Box<str>, Vec<Entry>>,
+    /// Matches with a path prefix, by prefix (without its trailing `/`); each list in
+    /// precedence order.
+    prefix: HashMap<Box<str>, Vec<Entry>>,
+    /// Matches with a regular expression, then without a path condition, in precedence order.
+    rest: Vec<Entry>,
     rules: Vec<Rule<B>>,
 }
 
@@ -149,17 +159,50 @@ impl<B> RouteTable<B> {
         }
         // Stable: equal keys keep route, rule and match order.
         entries.sort_by_key(Entry::precedence);
-        Ok(Self { entries, rules })
+        let mut table = Self {
+            exact: HashMap::new(),
+            prefix: HashMap::new(),
+            rest: Vec::new(),
+            rules,
+        };
+        for entry in entries {
+            match &entry.path {
+                PathCond::Exact(p) => table.exact.entry(p.clone()).or_default().push(entry),
+                PathCond::Prefix(p) => table.prefix.entry(p.clone()).or_default().push(entry),
+                PathCond::Regex(_) | PathCond::Any => table.rest.push(entry),
+            }
+        }
+        Ok(table)
     }
 
     /// The rule for a request, or `None` when no rule matches (the service answers 404).
-    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Rule<B>> {
+    pub fn find<'t>(
+        &'t self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<&'t Rule<B>> {
         let path = uri.path();
         let query = uri.query();
-        self.entries
-            .iter()
-            .find(|e| e.matches(method, path, query, headers))
-            .and_then(|e| self.rules.get(e.rule))
+        let first = |entries: &'t [Entry]| first_match(entries, method, path, query, headers);
+        let found = self
+            .exact
+            .get(path)
+            .and_then(|entries| first(entries))
+            .or_else(|| {
+                // The path itself, then each shorter end at a `/`: `/a/b` looks up `/a/b`,
+                // `/a` and `` (the prefix `/`).
+                let mut end = Some(path.len());
+                std::iter::from_fn(|| {
+                    let candidate = &path[..end?];
+                    end = candidate.rfind('/');
+                    Some(candidate)
+                })
+                .filter_map(|candidate| self.prefix.get(candidate))
+                .find_map(|entries| first(entries))
+            })
+            .or_else(|| first(&self.rest))?;
+        self.rules.get(found.rule)
     }
 
     /// How many rules the table has.
@@ -318,6 +361,19 @@ impl ValueCond {
             ValueCond::Regex(r) => std::str::from_utf8(value).is_ok_and(|v| r.is_match(v)),
         }
     }
+}
+
+/// The first of `entries` (in precedence order) that the request satisfies.
+fn first_match<'e>(
+    entries: &'e [Entry],
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<&'e Entry> {
+    entries
+        .iter()
+        .find(|e| e.matches(method, path, query, headers))
 }
 
 /// A header condition: the header's value, its values joined with `,` when it is repeated

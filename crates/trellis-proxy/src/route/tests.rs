@@ -565,3 +565,125 @@ fn redirects_build_their_location() {
     assert!(rule_for(&t, "/").redirect(&u, "h", 80).is_none());
     assert_eq!(StatusCode::MOVED_PERMANENTLY.as_u16(), 301);
 }
+
+/// The indexed lookup against a plain reading of the precedence rules, on random tables.
+#[test]
+fn the_index_finds_what_a_scan_in_precedence_order_finds() {
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let segments = ["a", "b", "ab", "c"];
+    let random_path = |next: &mut dyn FnMut(u64) -> u64| {
+        let mut path = String::new();
+        for _ in 0..next(4) {
+            path.push('/');
+            path.push_str(segments[next(4) as usize]);
+        }
+        if path.is_empty() || next(4) == 0 {
+            path.push('/');
+        }
+        path
+    };
+    for _ in 0..300 {
+        // (route, rule) → one match: (kind, value, method, headers, query).
+        let mut routes = Vec::new();
+        let mut oracle = Vec::new();
+        for i in 0..1 + next(3) {
+            let mut rules = Vec::new();
+            for j in 0..1 + next(4) {
+                let kind = ["exact", "prefix", "regex", "any"][next(4) as usize];
+                let value = match kind {
+                    "regex" => "/a.*".to_string(),
+                    _ => random_path(&mut next),
+                };
+                let method = ["GET", "POST", ""][next(3) as usize];
+                let headers: Vec<&str> = ["x", "y"].into_iter().filter(|_| next(2) == 0).collect();
+                let query = next(3) == 0;
+                let mut m = json!({
+                    "headers": headers.iter().map(|h| json!({ "name": h, "value": "1" })).collect::<Vec<_>>(),
+                    "query_params": if query { json!([{ "name": "q", "value": "1" }]) } else { json!([]) },
+                });
+                if kind != "any" {
+                    m["path"] = json!({ "type": kind, "value": value });
+                }
+                if !method.is_empty() {
+                    m["method"] = json!(method);
+                }
+                rules.push(json!({ "matches": [m] }));
+                oracle.push((i, j, kind, value, method, headers, query));
+            }
+            routes.push(route(json!(rules)));
+        }
+        let t = table(json!(routes));
+        for _ in 0..30 {
+            let path = random_path(&mut next);
+            let method = ["GET", "POST"][next(2) as usize];
+            let headers: Vec<(&str, &str)> = [("x", "1"), ("y", "1")]
+                .into_iter()
+                .filter(|_| next(2) == 0)
+                .collect();
+            let query = next(2) == 0;
+            let uri = if query {
+                format!("{path}?q=1")
+            } else {
+                path.clone()
+            };
+
+            let satisfied = |(_, _, kind, value, m, hs, q): &&(
+                u64,
+                u64,
+                &str,
+                String,
+                &str,
+                Vec<&str>,
+                bool,
+            )| {
+                let path_ok = match *kind {
+                    "exact" => path == *value,
+                    "prefix" => {
+                        let p = value.trim_end_matches('/');
+                        path == p || path.starts_with(&format!("{p}/"))
+                    }
+                    "regex" => path.starts_with("/a"),
+                    _ => true,
+                };
+                path_ok
+                    && (m.is_empty() || *m == method)
+                    && hs.iter().all(|h| headers.iter().any(|(n, _)| n == h))
+                    && (!q || query)
+            };
+            let want = oracle
+                .iter()
+                .filter(satisfied)
+                .min_by_key(|(i, j, kind, value, m, hs, q)| {
+                    let rank = ["exact", "prefix", "regex", "any"]
+                        .iter()
+                        .position(|k| k == kind);
+                    let len = if *kind == "prefix" {
+                        value.trim_end_matches('/').len()
+                    } else {
+                        0
+                    };
+                    (
+                        rank,
+                        Reverse(len),
+                        m.is_empty(),
+                        Reverse(hs.len()),
+                        Reverse(*q),
+                        *i,
+                        *j,
+                    )
+                })
+                .map(|(i, j, ..)| format!("{i}.{j}"));
+            assert_eq!(
+                hit(&t, method, &uri, &headers),
+                want,
+                "{method} {uri} {headers:?} in {oracle:#?}"
+            );
+        }
+    }
+}
