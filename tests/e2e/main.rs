@@ -20,6 +20,7 @@ mod large_body;
 mod lifecycle;
 mod metrics;
 mod mtls;
+mod routes;
 mod streaming;
 mod transparent;
 mod tunnel;

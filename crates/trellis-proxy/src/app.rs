@@ -55,6 +55,8 @@ pub enum BuildError {
     ControlWithoutIdentity,
     #[error("the discovery client stopped before the first config arrived")]
     Discovery,
+    #[error("the config's routes cannot be used: {0}")]
+    Routes(#[from] crate::route::RouteError),
     #[error(
         "cannot listen on {addr} for the {listener} listener: {source} (is another proxy running there?)"
     )]
@@ -73,7 +75,7 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
     let identity = config.identity.clone();
     let control = config.control;
     let bootstrap = Arc::new(config.clone());
-    let state = Arc::new(State::new(config));
+    let state = Arc::new(State::new(config)?);
     let (applied, applied_rx) = watch::channel(None::<u64>);
     let metrics = Metrics::new();
     let (trigger, drain) = trellis_runtime::drain::new();

@@ -58,6 +58,14 @@ pub enum ProxyError {
     NotAnAppPort { target: SocketAddr },
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
+    #[error("no route of service {service} matches {method} {path}")]
+    NoRouteMatch {
+        service: String,
+        method: http::Method,
+        path: String,
+    },
+    #[error("{route} of service {service}: the matching rule has no backend with a weight above 0")]
+    NoBackend { service: String, route: String },
 }
 
 impl ProxyError {
@@ -65,6 +73,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::BAD_GATEWAY,
+            // The Gateway API's answers: no rule matches, or the rule has nowhere to send it.
+            Self::NoRouteMatch { .. } => StatusCode::NOT_FOUND,
+            Self::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoAuthority | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => StatusCode::FORBIDDEN,
             Self::NoEndpoints { .. }
@@ -82,9 +93,11 @@ impl ProxyError {
     /// The Envoy-style response flag recorded in metrics and the access log.
     pub fn flags(&self) -> ResponseFlags {
         match self {
-            Self::NoRoute { .. } | Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => {
-                ResponseFlags::NoRouteFound
-            }
+            Self::NoRoute { .. }
+            | Self::NoRouteMatch { .. }
+            | Self::NotAnAppPort { .. }
+            | Self::MtlsRequired { .. } => ResponseFlags::NoRouteFound,
+            Self::NoBackend { .. } => ResponseFlags::NoClusterFound,
             Self::NoAuthority | Self::BadRequest { .. } => ResponseFlags::DownstreamProtocolError,
             Self::NoEndpoints { .. } => ResponseFlags::NoHealthyUpstream,
             Self::Connect { .. }

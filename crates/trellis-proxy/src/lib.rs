@@ -24,6 +24,7 @@ mod orig_dst;
 mod outbound;
 mod pool;
 mod prefixed;
+pub mod route;
 mod serve;
 mod state;
 mod tunnel;

@@ -246,6 +246,12 @@ impl RequestObserver {
         self.labels.response_flags = flags;
         // A trailers-only gRPC response carries its status in the headers.
         let grpc_status = grpc_status(&parts.headers);
+        // An empty body (a redirect, a 204) is never polled: the exchange is over already,
+        // and waiting for its end would record the client as gone (DC).
+        if body.is_end_stream() {
+            self.finish(0, grpc_status);
+            return Response::from_parts(parts, boxed(body));
+        }
         let pending = Pending {
             obs: Some(self),
             sent: 0,

@@ -24,13 +24,17 @@ use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::{Upstreams, absolute};
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
-use crate::metrics::{Metrics, Reporter};
-use crate::observe::{ConnAddrs, RequestObserver, TcpObserver, authority_of};
+use crate::metrics::{Metrics, Reporter, ResponseFlags};
+use crate::observe::{ConnAddrs, RequestObserver, authority_of};
 use crate::orig_dst::original_dst;
 use crate::pool::{Body, empty};
 use crate::state::{Destination, Snapshot, State};
 use crate::tunnel::{self, relay};
+use routing::Decision;
 use trellis_identity::SpiffeId;
+
+mod routing;
+mod tcp;
 
 /// The outbound side of one proxy.
 #[derive(Debug)]
@@ -63,7 +67,7 @@ struct ConnCtx {
 
 /// Where a request goes: the endpoint's app address and, in the mesh, its proxy.
 #[derive(Debug, Clone)]
-struct Route {
+struct Upstream {
     target: SocketAddr,
     mesh: Option<SocketAddr>,
     /// The endpoint speaks HTTP/2 (declared `http2`/`grpc`), when reached directly.
@@ -120,7 +124,7 @@ impl Outbound {
         if let Some(dst) = orig_dst {
             if snapshot
                 .by_addr(dst)
-                .is_some_and(|d| d.protocol == Declared::Tcp)
+                .is_some_and(|f| f.own.protocol == Declared::Tcp)
             {
                 return self.tcp(stream, addrs, dst, None, &snapshot).await;
             }
@@ -209,7 +213,6 @@ impl Outbound {
             &req,
             ctx.addrs,
         );
-        let timeouts = snapshot.timeouts;
         // An ingress sends every request to its service: as if the client had named it.
         if let Some(to) = ingress {
             if let Err(error) = to_ingress(&mut req, to) {
@@ -217,21 +220,44 @@ impl Outbound {
             }
         }
 
-        // 1. Where is it going?
+        // 1. Where is it going? A service port (by address or name), or outside the mesh.
         let Some((host, port)) = authority_of(&req).and_then(|a| split_authority(&a)) else {
             return obs.fail(&ProxyError::NoAuthority, ctx.version);
         };
-        let dest = ctx
+        let frontend = ctx
             .orig_dst
             .and_then(|dst| snapshot.by_addr(dst))
             .or_else(|| snapshot.by_host(&host, port))
             .cloned();
-        // Outside the mesh, a captured request goes where the app was connecting, whatever its
-        // Host header says (it may name anything, even this proxy's admin port); a CONNECT
-        // names its own target.
+
+        // 2. The service's routes (GAMMA) pick the rule, and the rule the backend service;
+        //    without routes the service itself is the destination.
+        let (dest, rule) = match routing::decide(frontend.as_deref(), &req, &host, port) {
+            Decision::Forward { dest, rule } => (dest, rule),
+            // Answered from the routes: telemetry names the service the caller addressed.
+            Decision::Redirect { status, location } => {
+                if let Some(f) = &frontend {
+                    obs.set_service(f.own.fqdn.clone());
+                }
+                let mut resp = Response::new(empty());
+                *resp.status_mut() = status;
+                resp.headers_mut().insert(http::header::LOCATION, location);
+                return obs.observe_response(resp, ctx.version, ResponseFlags::None);
+            }
+            Decision::Refuse(error) => {
+                if let Some(f) = &frontend {
+                    obs.set_service(f.own.fqdn.clone());
+                }
+                return obs.fail(&error, ctx.version);
+            }
+        };
+
+        // 3. An endpoint of the destination; outside the mesh, a captured request goes where
+        //    the app was connecting, whatever its Host header says (it may name anything, even
+        //    this proxy's admin port); a CONNECT names its own target.
         let orig_dst = ctx.orig_dst.filter(|_| req.method() != Method::CONNECT);
-        let route = match self
-            .route(
+        let upstream = match self
+            .upstream(
                 &snapshot,
                 dest.as_deref(),
                 (&host, port),
@@ -240,28 +266,33 @@ impl Outbound {
             )
             .await
         {
-            Ok(route) => route,
+            Ok(upstream) => upstream,
             Err(error) => return obs.fail(&error, ctx.version),
         };
-        let timeouts = dest.as_ref().map_or(timeouts, |d| d.timeouts);
+        // The destination's timeouts; a rule's own request timeout, else that of the service
+        // the caller addressed, bounds the exchange.
+        let mut timeouts = dest.as_ref().map_or(snapshot.timeouts, |d| d.timeouts);
+        if let (Some(rule), Some(frontend)) = (rule, &frontend) {
+            timeouts.request = rule.timeout.unwrap_or(frontend.own.timeouts.request);
+        }
         match &dest {
             Some(d) => {
-                if let Some(ep) = d.endpoints.iter().find(|e| e.target == route.target) {
+                if let Some(ep) = d.endpoints.iter().find(|e| e.target == upstream.target) {
                     let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
                     obs.set_destination(d, ep, mtls);
                 }
             }
-            None => obs.set_upstream(route.target),
+            None => obs.set_upstream(upstream.target),
         }
 
-        // 2. CONNECT: a tunnel, answered here once the far end is reachable.
+        // 4. CONNECT: a tunnel, answered here once the far end is reachable.
         if req.method() == Method::CONNECT {
             return self
                 .connect(
                     req,
                     obs,
                     dest.as_deref(),
-                    &route,
+                    &upstream,
                     &snapshot,
                     timeouts,
                     ctx.version,
@@ -269,7 +300,8 @@ impl Outbound {
                 .await;
         }
 
-        // 3. Header hygiene, at the edge of the mesh.
+        // 5. Header hygiene, at the edge of the mesh; then the rule's rewrite and header
+        //    modifiers. (Request mirroring and fault injection, issue 3, go here.)
         let upgrade = headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
@@ -278,16 +310,19 @@ impl Outbound {
             headers::strip_hop_by_hop(req.headers_mut());
         }
         headers::set_forwarded(req.headers_mut(), ctx.addrs.client.ip(), "http");
+        if let Some(rule) = rule {
+            rule.edit_request(&mut req);
+        }
         let (parts, body) = req.into_parts();
         let mut req = Request::from_parts(parts, obs.count_request(body));
 
-        // 4. Send it.
+        // 6. Send it.
         let result = match downstream_upgrade {
             Some(downstream) => {
                 self.upgrade(
                     req,
                     downstream,
-                    &route,
+                    &upstream,
                     dest.as_deref(),
                     &snapshot,
                     timeouts,
@@ -299,28 +334,35 @@ impl Outbound {
                     req.headers_mut()
                         .insert(TRELLIS_SERVICE, d.service_header.clone());
                 }
-                self.forward(req, ctx, &route, &snapshot, timeouts).await
+                self.forward(req, ctx, &upstream, &snapshot, timeouts).await
             }
+        };
+        let result = match (result, rule) {
+            (Ok(mut resp), Some(rule)) => {
+                rule.edit_response(resp.headers_mut());
+                Ok(resp)
+            }
+            (result, _) => result,
         };
         obs.respond(result, ctx.version)
     }
 
     /// Pick the endpoint for a destination; outside the mesh, `orig_dst` when the connection
     /// was captured, else the named host.
-    async fn route(
+    async fn upstream(
         &self,
         snapshot: &Snapshot,
         dest: Option<&Destination>,
         (host, port): (&str, u16),
         orig_dst: Option<SocketAddr>,
         version: Version,
-    ) -> Result<Route, ProxyError> {
+    ) -> Result<Upstream, ProxyError> {
         if let Some(dest) = dest {
             let ep = dest.pick().ok_or_else(|| ProxyError::NoEndpoints {
                 service: dest.fqdn.to_string(),
             })?;
             let h2 = matches!(dest.protocol, Declared::Http2 | Declared::Grpc);
-            return Ok(Route {
+            return Ok(Upstream {
                 target: ep.target,
                 mesh: ep.mesh,
                 h2,
@@ -337,7 +379,7 @@ impl Outbound {
             Some(dst) => dst,
             None => resolve(host, port).await?,
         };
-        Ok(Route {
+        Ok(Upstream {
             target,
             mesh: None,
             h2: version == Version::HTTP_2,
@@ -350,7 +392,7 @@ impl Outbound {
         &self,
         mut req: Request<Body>,
         ctx: ConnCtx,
-        route: &Route,
+        upstream: &Upstream,
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -360,12 +402,12 @@ impl Outbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match route.mesh {
+        match upstream.mesh {
             Some(peer) => {
                 // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
                 *req.uri_mut() = absolute(&authority, path)?;
                 let h = req.headers_mut();
-                h.insert(TRELLIS_DST, header_value(route.target));
+                h.insert(TRELLIS_DST, header_value(upstream.target));
                 h.insert(
                     TRELLIS_PROTO,
                     HeaderValue::from_static(if ctx.version == Version::HTTP_2 {
@@ -376,18 +418,26 @@ impl Outbound {
                 );
                 h.insert(TRELLIS_PEER, snapshot.node.peer_header.clone());
                 self.upstreams
-                    .send_h2(peer, route.identity.as_deref(), req, t.connect, t.request)
+                    .send_h2(
+                        peer,
+                        upstream.identity.as_deref(),
+                        req,
+                        t.connect,
+                        t.request,
+                    )
                     .await
             }
             None => {
                 headers::strip_internal(req.headers_mut());
-                if route.h2 || ctx.version == Version::HTTP_2 {
+                if upstream.h2 || ctx.version == Version::HTTP_2 {
                     *req.uri_mut() = absolute(&authority, path)?;
                     self.upstreams
-                        .send_h2(route.target, None, req, t.connect, t.request)
+                        .send_h2(upstream.target, None, req, t.connect, t.request)
                         .await
                 } else {
-                    self.upstreams.send_h1(route.target, req, t.request).await
+                    self.upstreams
+                        .send_h1(upstream.target, req, t.request)
+                        .await
                 }
             }
         }
@@ -399,13 +449,13 @@ impl Outbound {
         &self,
         mut req: Request<Body>,
         downstream: hyper::upgrade::OnUpgrade,
-        route: &Route,
+        upstream: &Upstream,
         dest: Option<&Destination>,
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let tunnel = self.open_tunnel(route, dest, snapshot, t).await?;
-        let addr = route.mesh.unwrap_or(route.target);
+        let tunnel = self.open_tunnel(upstream, dest, snapshot, t).await?;
+        let addr = upstream.mesh.unwrap_or(upstream.target);
         let (mut send, conn) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
                 .await
@@ -459,17 +509,17 @@ impl Outbound {
         mut req: Request<Incoming>,
         obs: RequestObserver,
         dest: Option<&Destination>,
-        route: &Route,
+        upstream: &Upstream,
         snapshot: &Snapshot,
         t: Timeouts,
         version: Version,
     ) -> Response<Body> {
-        let tunnel = match self.open_tunnel(route, dest, snapshot, t).await {
+        let tunnel = match self.open_tunnel(upstream, dest, snapshot, t).await {
             Ok(tunnel) => tunnel,
             Err(error) => return obs.fail(&error, version),
         };
         let tls = dest.is_some_and(|d| d.protocol == Declared::Tls)
-            || dest.is_none() && route.target.port() == 443;
+            || dest.is_none() && upstream.target.port() == 443;
         let on_upgrade = hyper::upgrade::on(&mut req);
         let detect_timeout = t.detect;
         let idle = t.idle;
@@ -502,10 +552,10 @@ impl Outbound {
         resp
     }
 
-    /// A byte stream to the route's endpoint: a `CONNECT` stream through its proxy, or TCP.
+    /// A byte stream to the upstream endpoint: a `CONNECT` stream through its proxy, or TCP.
     async fn open_tunnel(
         &self,
-        route: &Route,
+        upstream: &Upstream,
         dest: Option<&Destination>,
         snapshot: &Snapshot,
         t: Timeouts,
@@ -513,70 +563,14 @@ impl Outbound {
         let service = dest.map(|d| &d.service_header);
         tunnel::open(
             &self.upstreams,
-            route.target,
-            route.mesh,
-            route.identity.as_deref(),
+            upstream.target,
+            upstream.mesh,
+            upstream.identity.as_deref(),
             t.connect,
             &snapshot.node.peer_header,
             service,
         )
         .await
-    }
-
-    /// A TCP connection captured transparently (declared `tcp`/`tls`, or not HTTP).
-    async fn tcp<I>(
-        &self,
-        io: I,
-        addrs: ConnAddrs,
-        dst: SocketAddr,
-        sni: Option<String>,
-        snapshot: &Snapshot,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let mut obs = TcpObserver::start(&self.metrics, Reporter::Source, &snapshot.node, addrs);
-        obs.set_sni(sni);
-        let dest = snapshot.by_addr(dst);
-        let (target, mesh, identity) = match dest {
-            Some(d) => match d.pick() {
-                Some(ep) => {
-                    let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
-                    obs.set_destination(d, ep, mtls);
-                    (ep.target, ep.mesh, ep.identity.clone())
-                }
-                None => {
-                    return obs.fail(&ProxyError::NoEndpoints {
-                        service: d.fqdn.to_string(),
-                    });
-                }
-            },
-            None if snapshot.outbound_policy == OutboundPolicy::RegistryOnly => {
-                return obs.fail(&ProxyError::NoRoute {
-                    authority: dst.to_string(),
-                });
-            }
-            None => {
-                obs.set_upstream(dst);
-                (dst, None, None)
-            }
-        };
-        let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
-        let route = Route {
-            target,
-            mesh,
-            h2: false,
-            identity,
-        };
-        match self
-            .open_tunnel(&route, dest.map(|d| &**d), snapshot, t)
-            .await
-        {
-            Ok(tunnel) => {
-                obs.connected();
-                obs.close(relay(io, tunnel, t.idle).await);
-            }
-            Err(error) => obs.fail(&error),
-        }
     }
 }
 

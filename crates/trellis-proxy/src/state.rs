@@ -8,9 +8,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use trellis_identity::SpiffeId;
-use trellis_model::{MtlsMode, OutboundPolicy, Protocol, ProxyConfig, Timeouts};
+use trellis_model::{MtlsMode, OutboundPolicy, Protocol, ProxyConfig, Route, Timeouts};
 
 use crate::balance::{Balancer, RoundRobin};
+use crate::route::{RouteError, RouteTable};
 
 /// Shared, swappable state.
 #[derive(Debug)]
@@ -25,9 +26,9 @@ pub(crate) struct Snapshot {
     /// This proxy's own workload, for telemetry.
     pub(crate) node: NodeInfo,
     /// Services by lower-case host name, then port.
-    by_host: HashMap<String, Vec<(u16, Arc<Destination>)>>,
+    by_host: HashMap<String, Vec<(u16, Arc<Frontend>)>>,
     /// Services by virtual address and port (transparent capture).
-    by_addr: HashMap<SocketAddr, Arc<Destination>>,
+    by_addr: HashMap<SocketAddr, Arc<Frontend>>,
     /// The local app's ports: their protocols and mTLS modes (inbound side).
     app_ports: HashMap<u16, (Protocol, MtlsMode)>,
     /// True when some port takes plaintext from peers (the mode is not STRICT everywhere).
@@ -48,7 +49,19 @@ pub(crate) struct NodeInfo {
     pub(crate) principal: Arc<str>,
 }
 
-/// One port of one service: what a request is routed to.
+/// One port of one service as callers address it (its name or virtual address: GAMMA's
+/// frontend): its routes, or its own endpoints when it has none.
+#[derive(Debug)]
+pub(crate) struct Frontend {
+    /// The service port itself: where requests go without routes (and TCP always).
+    pub(crate) own: Arc<Destination>,
+    /// HTTP routes (HTTPRoute, GRPCRoute) for this port; with them, every HTTP request goes
+    /// where its rule says, and one that matches no rule is answered 404.
+    pub(crate) routes: Option<RouteTable<Arc<Destination>>>,
+}
+
+/// One port of one service and its endpoints (GAMMA's backend): what a request is sent to,
+/// addressed directly or chosen by a route.
 #[derive(Debug)]
 pub(crate) struct Destination {
     /// `name.namespace.svc.cluster.local`, the `destination_service` label.
@@ -77,10 +90,11 @@ pub(crate) struct EndpointInfo {
 }
 
 impl State {
-    pub(crate) fn new(config: ProxyConfig) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(Snapshot::build(config)),
-        }
+    /// The state of a first config; it fails only when the config's routes cannot be used.
+    pub(crate) fn new(config: ProxyConfig) -> Result<Self, RouteError> {
+        Ok(Self {
+            current: ArcSwap::from_pointee(Snapshot::build(config)?),
+        })
     }
 
     /// The config in force.
@@ -88,16 +102,19 @@ impl State {
         self.current.load_full()
     }
 
-    /// Replace the config in force (the control-plane client calls this on a push).
-    pub(crate) fn store(&self, config: ProxyConfig) {
-        self.current.store(Arc::new(Snapshot::build(config)));
+    /// Replace the config in force (the control-plane client calls this on a push). Route
+    /// tables are built here, once per config; a config whose routes cannot be used is refused
+    /// and the one in force stays.
+    pub(crate) fn store(&self, config: ProxyConfig) -> Result<(), RouteError> {
+        self.current.store(Arc::new(Snapshot::build(config)?));
+        Ok(())
     }
 }
 
 impl Snapshot {
-    fn build(config: ProxyConfig) -> Self {
-        let mut by_host: HashMap<String, Vec<(u16, Arc<Destination>)>> = HashMap::new();
-        let mut by_addr = HashMap::new();
+    fn build(config: ProxyConfig) -> Result<Self, RouteError> {
+        // Every service port with its endpoints first: routes send requests to them.
+        let mut destinations: HashMap<(&str, &str, u16), Arc<Destination>> = HashMap::new();
         for svc in &config.services {
             let fqdn: Arc<str> = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace).into();
             let timeouts = svc.timeouts.unwrap_or(config.timeouts);
@@ -127,14 +144,50 @@ impl Snapshot {
                     timeouts,
                     balancer: Box::new(RoundRobin::default()),
                 });
+                destinations.insert((&svc.namespace, &svc.name, port.port), dest);
+            }
+        }
+
+        // Then what callers address: each service port with its routes.
+        let mut by_host: HashMap<String, Vec<(u16, Arc<Frontend>)>> = HashMap::new();
+        let mut by_addr = HashMap::new();
+        for svc in &config.services {
+            for port in &svc.ports {
+                let Some(own) = destinations.get(&(&svc.namespace, &svc.name, port.port)) else {
+                    continue;
+                };
+                let routes: Vec<&Route> = svc
+                    .routes
+                    .iter()
+                    .filter(|r| r.port.is_none_or(|p| p == port.port))
+                    .collect();
+                let routes = if routes.is_empty() {
+                    None
+                } else {
+                    let table = RouteTable::build(&svc.namespace, &routes, |ns, name, port| {
+                        destinations.get(&(ns, name, port)).cloned()
+                    })?;
+                    tracing::debug!(
+                        dst.service = %own.fqdn,
+                        dst.port = port.port,
+                        routes = routes.len(),
+                        rules = table.len(),
+                        "route table built"
+                    );
+                    Some(table)
+                };
+                let frontend = Arc::new(Frontend {
+                    own: own.clone(),
+                    routes,
+                });
                 for host in svc.all_hostnames() {
                     by_host
                         .entry(host.to_ascii_lowercase())
                         .or_default()
-                        .push((port.port, dest.clone()));
+                        .push((port.port, frontend.clone()));
                 }
                 for addr in &svc.addresses {
-                    by_addr.insert(SocketAddr::new(*addr, port.port), dest.clone());
+                    by_addr.insert(SocketAddr::new(*addr, port.port), frontend.clone());
                 }
             }
         }
@@ -148,7 +201,7 @@ impl Snapshot {
             || app_ports
                 .values()
                 .any(|(_, mode)| *mode != MtlsMode::Strict);
-        Self {
+        Ok(Self {
             node: NodeInfo {
                 workload: config.workload().into(),
                 namespace: config.node.namespace.as_str().into(),
@@ -167,11 +220,11 @@ impl Snapshot {
             outbound_policy: config.outbound_policy,
             timeouts: config.timeouts,
             config: Arc::new(config),
-        }
+        })
     }
 
-    /// The destination addressed by a host name (any of a service's names) and port.
-    pub(crate) fn by_host(&self, host: &str, port: u16) -> Option<&Arc<Destination>> {
+    /// The service port addressed by a host name (any of a service's names) and port.
+    pub(crate) fn by_host(&self, host: &str, port: u16) -> Option<&Arc<Frontend>> {
         let host = host.trim_end_matches('.');
         let ports = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.by_host.get(&host.to_ascii_lowercase())
@@ -181,8 +234,8 @@ impl Snapshot {
         ports.iter().find(|(p, _)| *p == port).map(|(_, d)| d)
     }
 
-    /// The destination behind a virtual address (transparent capture).
-    pub(crate) fn by_addr(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
+    /// The service port behind a virtual address (transparent capture).
+    pub(crate) fn by_addr(&self, addr: SocketAddr) -> Option<&Arc<Frontend>> {
         self.by_addr.get(&addr)
     }
 

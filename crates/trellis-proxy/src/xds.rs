@@ -99,6 +99,8 @@ pub(crate) enum Refusal {
     WrongNode { pushed: String, ours: String },
     #[error("a delta on v{base}, but the config in force is {}", in_force.map_or("none".to_owned(), |v| format!("v{v}")))]
     DeltaBase { base: u64, in_force: Option<u64> },
+    #[error("the routes cannot be used: {0}")]
+    Routes(crate::route::RouteError),
     #[error(
         "{section} cannot change while the proxy runs: restart the proxy to change {section} \
          (running: {ours}; pushed: {pushed})"
@@ -238,7 +240,15 @@ impl Discovery {
         match merged {
             Ok(Merged::Changed(config)) => {
                 let services = config.services.len();
-                self.state.store(*config);
+                if let Err(error) = self.state.store(*config) {
+                    let reason = Refusal::Routes(error).to_string();
+                    tracing::warn!(version, %reason, "config from the control plane refused (NACK); the config in force stays");
+                    return message(proxy_message::Message::Nack(Nack {
+                        version,
+                        nonce,
+                        reason,
+                    }));
+                }
                 tracing::info!(version, services, "config from the control plane applied");
                 self.applied.send_replace(Some(version));
                 message(proxy_message::Message::Ack(Ack { version, nonce }))

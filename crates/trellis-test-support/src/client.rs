@@ -1,6 +1,7 @@
 //! A hyper HTTP/1.1 client for bodies too big to buffer: uploads generated and checksummed
 //! while they are sent, downloads checked while they arrive. Requests go to an explicit
-//! proxy in absolute form (`POST http://web.test/sha256 HTTP/1.1`).
+//! proxy in absolute form (`POST http://web.test/sha256 HTTP/1.1`). And [`Session`], one
+//! keep-alive connection for many small requests.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -48,6 +49,21 @@ pub struct Exchange {
     pub status: u16,
     pub body: Bytes,
     pub trailers: Vec<(String, String)>,
+}
+
+/// A whole small response, with its headers (names lower-cased).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// One keep-alive connection to an explicit proxy for many small requests, one at a time:
+/// HTTP/1.1 in absolute form, or HTTP/2 prior knowledge (routed by `:authority`).
+pub struct Session {
+    sender: AnySender<http_body_util::Empty<Bytes>>,
+    version: Version,
 }
 
 /// The result of [`download_pattern`].
@@ -288,6 +304,73 @@ pub async fn echo_ping_pong(
     Ok(())
 }
 
+impl Reply {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("not JSON ({}): {}", self.status, self.text()))
+    }
+}
+
+impl Session {
+    pub async fn connect(proxy: SocketAddr, version: Version) -> anyhow::Result<Session> {
+        Ok(Session {
+            sender: connect_any(proxy, version).await?,
+            version,
+        })
+    }
+
+    /// `GET url` (an `http://` URL) with extra headers; the whole response.
+    pub async fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+        let mut request = Request::get(url);
+        if self.version == Version::Http1 {
+            request = request.header("host", host_of(url)?);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.sender.ready().await?;
+        let response = self
+            .sender
+            .send(request.body(http_body_util::Empty::new())?)
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("reading the answer to GET {url}"))?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -327,6 +410,14 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    /// Wait until the connection can take another request.
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            AnySender::Http1(sender) => sender.ready().await,
+            AnySender::Http2(sender) => sender.ready().await,
+        }
+    }
+
     async fn send(&mut self, request: Request<B>) -> hyper::Result<Response<Incoming>> {
         match self {
             AnySender::Http1(sender) => sender.send_request(request).await,
