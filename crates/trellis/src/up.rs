@@ -158,7 +158,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (workloads, ingresses) = plan(&resources, &args.trust_domain)?;
+    // Every port is chosen now, at once and all distinct (held until the processes start).
+    let mut ports = PortPool::default();
+    // The apps' own ports (fixed in their Workloads) are not free for sidecars.
+    ports.reserved = resources
+        .workloads
+        .iter()
+        .flat_map(|w| w.spec.ports.values().copied())
+        .collect();
+    let control_grpc = ports.take_or_any(args.control)?;
+    let control_admin = ports.take_or_any(args.control_admin)?;
+    let (workloads, ingresses) = plan(&resources, &args.trust_domain, &mut ports)?;
     if workloads.is_empty() {
         bail!(
             "no Workload in {} has `spec.run`: nothing to start (see examples/demo/)",
@@ -176,8 +186,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     })?;
     let mut config = Config::new(&ca_dir);
     config.listen = ListenConfig {
-        grpc: free_or_any(args.control),
-        admin: free_or_any(args.control_admin),
+        grpc: control_grpc,
+        admin: control_admin,
     };
     config.resources = Some(dir.clone());
     config.sidecars = workloads
@@ -203,6 +213,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|g| (format!("<trellis up: {}>", g.key), ingress_workload(g)))
         .collect();
+    drop(ports);
     let control = trellis_control::build(config, log)
         .await
         .context("cannot start the control plane")?;
@@ -267,7 +278,11 @@ fn load(dir: &Path) -> anyhow::Result<Result<Resources, ConfigErrors>> {
 }
 
 /// Which workloads to run and which Services to expose, with ports for their proxies.
-fn plan(resources: &Resources, trust_domain: &str) -> anyhow::Result<(Vec<Planned>, Vec<Ingress>)> {
+fn plan(
+    resources: &Resources,
+    trust_domain: &str,
+    ports: &mut PortPool,
+) -> anyhow::Result<(Vec<Planned>, Vec<Ingress>)> {
     let mut workloads = Vec::new();
     for w in resources.workloads.iter().filter(|w| w.spec.run.is_some()) {
         let key = NodeKey::new(&w.metadata.namespace, &w.metadata.name);
@@ -275,9 +290,9 @@ fn plan(resources: &Resources, trust_domain: &str) -> anyhow::Result<(Vec<Planne
             id: spiffe_id(trust_domain, &key.namespace, &w.spec.service_account)?,
             key,
             spec: w.spec.clone(),
-            admin: free_port()?,
-            outbound: free_port()?,
-            mesh: free_port()?,
+            admin: ports.take()?,
+            outbound: ports.take()?,
+            mesh: ports.take()?,
         });
     }
     let mut ingresses = Vec::new();
@@ -312,9 +327,9 @@ fn plan(resources: &Resources, trust_domain: &str) -> anyhow::Result<(Vec<Planne
         ingresses.push(Ingress {
             id: spiffe_id(trust_domain, ns, INGRESS_WORKLOAD)?,
             key,
-            admin: free_port()?,
-            mesh: free_port()?,
-            listen: free_or_any(listen),
+            admin: ports.take()?,
+            mesh: ports.take()?,
+            listen: ports.take_or_any(listen)?,
             to: format!("{}.{}:{}", service.metadata.name, ns, target),
         });
     }
@@ -704,20 +719,60 @@ fn env_name(name: &str) -> String {
         .collect()
 }
 
-/// A free port on loopback now.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("no free port on 127.0.0.1")?;
-    Ok(listener.local_addr()?)
+/// Ports for the mesh's listeners, each bound (so held) until the pool is dropped, just
+/// before the processes that listen on them start: all distinct, and none taken meanwhile.
+/// They come from below the kernel's ephemeral range, where outgoing connections (which use
+/// ephemeral ports) cannot take them while they are not yet listened on.
+#[derive(Default)]
+struct PortPool {
+    held: Vec<TcpListener>,
+    next: u32,
+    /// Ports that are not to be handed out (free now, but someone else's).
+    reserved: std::collections::HashSet<u16>,
 }
 
-/// `addr` if it is free now, else the same address with port 0 resolved to a free port.
-fn free_or_any(addr: SocketAddr) -> SocketAddr {
-    if TcpListener::bind(addr).is_ok() {
-        return addr;
+impl PortPool {
+    /// A free port on loopback.
+    fn take(&mut self) -> anyhow::Result<SocketAddr> {
+        const FLOOR: u32 = 20_000;
+        let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(32_768);
+        if ephemeral_low > FLOOR + 1_000 {
+            // A different starting point per run, so two meshes rarely probe the same ports.
+            if self.next == 0 {
+                self.next = std::process::id() % (ephemeral_low - FLOOR);
+            }
+            for _ in 0..(ephemeral_low - FLOOR) {
+                let port = FLOOR + self.next % (ephemeral_low - FLOOR);
+                self.next += 1;
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                    let addr = listener.local_addr()?;
+                    self.held.push(listener);
+                    return Ok(addr);
+                }
+            }
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("no free port on 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        self.held.push(listener);
+        Ok(addr)
     }
-    TcpListener::bind(SocketAddr::new(addr.ip(), 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or(addr)
+
+    /// `addr` if it is free now (port 0: any free port), else a free port on loopback.
+    fn take_or_any(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        if addr.port() != 0 {
+            if let Ok(listener) = TcpListener::bind(addr) {
+                self.held.push(listener);
+                return Ok(addr);
+            }
+        }
+        self.take()
+    }
 }
 
 /// The last lines of a log, indented.
@@ -751,7 +806,8 @@ mod tests {
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         let resources = Resources::load(&files).unwrap();
-        let (workloads, ingresses) = plan(&resources, "cluster.local").unwrap();
+        let (workloads, ingresses) =
+            plan(&resources, "cluster.local", &mut PortPool::default()).unwrap();
         assert_eq!(workloads.len(), resources.workloads.len());
         assert_eq!(ingresses.len(), 1);
         assert_eq!(ingresses[0].to, "frontend.shop:8080");
