@@ -200,7 +200,10 @@ fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
     assert_eq!(reply("http://reviews.shop:9080/")["service"], "reviews");
     let catalog = reply("grpc://catalog.shop:9090");
     assert_eq!(catalog["service"], "catalog", "{tree}");
-    assert_eq!(catalog["calls"][0]["target"], "tcp://stock.shop:7070", "{tree}");
+    assert_eq!(
+        catalog["calls"][0]["target"], "tcp://stock.shop:7070",
+        "{tree}"
+    );
     assert_eq!(catalog["calls"][0]["ok"], true, "{tree}");
 
     // The frontend's sidecar saw it: inbound from the ingress, outbound to reviews.

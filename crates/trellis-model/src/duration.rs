@@ -155,6 +155,33 @@ pub(crate) mod serde_duration {
     }
 }
 
+/// `#[serde(default, with = "crate::duration::serde_option_duration")]`: an optional
+/// [`Duration`], `null` (or absent) for none.
+pub(crate) mod serde_option_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::serde_duration::serialize(d, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        /// `Option` around the plain form, so that `null` is `None`.
+        #[derive(Deserialize)]
+        struct Plain(#[serde(with = "super::serde_duration")] Duration);
+        Ok(Option::<Plain>::deserialize(deserializer)?.map(|Plain(d)| d))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

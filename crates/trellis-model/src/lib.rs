@@ -9,8 +9,10 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
-    App, AppPort, Endpoint, Identity, Ingress, Listeners, MtlsMode, Node, OutboundPolicy, Protocol,
-    ProxyConfig, Service, ServicePort, Timeouts,
+    App, AppPort, Endpoint, Header, HeaderModifier, Identity, Ingress, Listeners, MtlsMode, Node,
+    OutboundPolicy, PathMatch, PathMatchKind, PathModifier, Protocol, ProxyConfig, RequestRedirect,
+    Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, Service, ServicePort, Timeouts,
+    UrlRewrite, ValueMatch, ValueMatchKind,
 };
 pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

@@ -10,6 +10,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod route;
+
+pub use route::{
+    Header, HeaderModifier, PathMatch, PathMatchKind, PathModifier, RequestRedirect, Route,
+    RouteBackend, RouteFilter, RouteMatch, RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
+};
+
 /// One proxy's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +202,11 @@ pub struct Service {
     /// Overrides of the proxy-wide timeouts for this service (connect, request, idle).
     #[serde(default)]
     pub timeouts: Option<Timeouts>,
+    /// HTTP routes for requests addressed to this service (HTTPRoute, GRPCRoute). With none,
+    /// requests are balanced over `endpoints`; with some, a request that matches no rule is
+    /// answered 404.
+    #[serde(default)]
+    pub routes: Vec<Route>,
 }
 
 /// One port of a service.

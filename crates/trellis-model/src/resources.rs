@@ -25,7 +25,7 @@ mod consistency;
 mod decode;
 mod document;
 mod mesh;
-mod names;
+pub(crate) mod names;
 mod route;
 mod security;
 #[cfg(test)]

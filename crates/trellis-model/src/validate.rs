@@ -6,7 +6,8 @@
 //! 2. [`decode`] reads the tree into a `ProxyConfig` field by field, so every unknown field,
 //!    missing field and invalid value is reported, not just the first.
 //! 3. The checks in this file look at the config as a whole: names unique, ports in range,
-//!    endpoints that name real ports, listeners that do not collide, sane timeouts.
+//!    endpoints that name real ports, listeners that do not collide, sane timeouts; and in
+//!    [`route`], routes whose backends are services of the config.
 //!
 //! The config is returned only when all three found nothing.
 
@@ -21,6 +22,7 @@ use decode::Decoded;
 use yaml::Mark;
 
 mod decode;
+mod route;
 #[cfg(test)]
 mod tests;
 pub(crate) mod yaml;
@@ -332,6 +334,7 @@ impl Checker<'_> {
         }
         self.hostnames(services);
         self.virtual_addresses(services);
+        self.routes(services);
     }
 
     fn service(&mut self, path: &str, s: &Service) {

@@ -4,14 +4,18 @@
 //! What goes in: the node, the app (its address and the ports of the Services that select it,
 //! with their protocols and PeerAuthentication's port-level mTLS), every Service exported to it
 //! with its endpoints (the Workloads its selector matches, each with its sidecar's address and
-//! SPIFFE identity) and the timeouts of its TrafficPolicy, and the workload's mTLS mode.
+//! SPIFFE identity), the timeouts of its TrafficPolicy and its routes (HTTPRoute and
+//! GRPCRoute as GAMMA scopes them, see [`route`]: producer routes for every caller, consumer
+//! routes for the callers of their namespace), and the workload's mTLS mode.
 //!
-//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; routes,
-//! the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to carry them;
-//! a proxy sees the Services exported to its namespace (`exportTo`, all by default).
+//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; route
+//! mirrors, the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to
+//! carry them. A proxy sees the Services exported to its namespace (`exportTo`, all by
+//! default).
 //!
-//! [`Compiler`] does the work shared by every proxy (selectors, endpoints) once per set of
-//! resources; [`compile`] is the one-shot form.
+//! [`Compiler`] does the work shared by every proxy (selectors, endpoints, producer routes)
+//! once per set of resources, so that each proxy costs a copy of the Services plus its
+//! namespace's consumer routes; [`compile`] is the one-shot form.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,6 +23,7 @@ use super::mesh::{selections, selects};
 use super::{Resource, Resources, ServiceSpec, TrafficPolicySpec, WorkloadSpec};
 use crate::proxy::{self, App, AppPort, Endpoint, MtlsMode, Node, ProxyConfig, Timeouts};
 
+mod route;
 #[cfg(test)]
 mod tests;
 
@@ -48,10 +53,13 @@ pub enum CompileError {
 pub struct Compiler<'r> {
     resources: &'r Resources,
     options: CompileOptions,
-    /// Every Service with its endpoints, sorted by namespace and name: the same for every proxy.
+    /// Every Service with its endpoints and producer routes, sorted by namespace and name: the
+    /// same for every proxy.
     services: Vec<proxy::Service>,
     /// For each of `services`, the Service it was compiled from (for `exportTo`).
     specs: Vec<&'r ServiceSpec>,
+    /// Consumer routes by caller namespace: index into `services`, and the routes.
+    consumer_routes: HashMap<String, Vec<(usize, Vec<proxy::Route>)>>,
     /// For each workload, the Services that select it (indexes into `resources.services`).
     selected_by: Vec<Vec<usize>>,
     workloads: HashMap<(&'r str, &'r str), usize>,
@@ -83,12 +91,36 @@ impl<'r> Compiler<'r> {
             .map(|p| ((p.metadata.namespace.as_str(), p.spec.target.as_str()), p))
             .collect();
         let specs = order.iter().map(|&s| &resources.services[s].spec).collect();
-        let services = order
+        let mut routes = route::Routes::compile(resources);
+        let services: Vec<proxy::Service> = order
             .iter()
             .map(|&s| {
                 let svc = &resources.services[s];
                 let policy = policies.get(&key(svc)).copied();
-                service(resources, &options, s, &selections[s], policy)
+                let mut service = service(resources, &options, s, &selections[s], policy);
+                let (ns, name) = key(svc);
+                service.routes = routes
+                    .producer
+                    .remove(&(ns.to_string(), name.to_string()))
+                    .unwrap_or_default();
+                service
+            })
+            .collect();
+        let index: HashMap<(&str, &str), usize> = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.namespace.as_str(), s.name.as_str()), i))
+            .collect();
+        let consumer_routes = routes
+            .consumer
+            .into_iter()
+            .map(|(caller, by_service)| {
+                let mut list: Vec<(usize, Vec<proxy::Route>)> = by_service
+                    .into_iter()
+                    .filter_map(|((ns, name), r)| Some((*index.get(&(&*ns, &*name))?, r)))
+                    .collect();
+                list.sort_by_key(|(i, _)| *i);
+                (caller, list)
             })
             .collect();
         let workloads = resources
@@ -102,6 +134,7 @@ impl<'r> Compiler<'r> {
             options,
             services,
             specs,
+            consumer_routes,
             selected_by,
             workloads,
         }
@@ -143,17 +176,33 @@ impl<'r> Compiler<'r> {
         })
     }
 
-    /// The Services exported to proxies in namespace `caller` (`exportTo`).
+    /// The Services exported to proxies in namespace `caller` (`exportTo`), with the consumer
+    /// routes of that namespace.
     fn visible_from(&self, caller: &str) -> Vec<proxy::Service> {
+        let consumer: HashMap<usize, &Vec<proxy::Route>> = self
+            .consumer_routes
+            .get(caller)
+            .into_iter()
+            .flatten()
+            .map(|(s, routes)| (*s, routes))
+            .collect();
         self.services
             .iter()
             .zip(&self.specs)
-            .filter(|(s, spec)| spec.exported_to(&s.namespace, caller))
-            .map(|(s, _)| s.clone())
+            .enumerate()
+            .filter(|(_, (s, spec))| spec.exported_to(&s.namespace, caller))
+            .map(|(i, (s, _))| {
+                let mut service = s.clone();
+                if let Some(routes) = consumer.get(&i) {
+                    route::apply_consumer_routes(&mut service, routes);
+                }
+                service
+            })
             .collect()
     }
 
-    /// Every Service as each proxy sees it.
+    /// Every Service as each proxy sees it, but for consumer routes (which only the callers
+    /// in their namespace see) and `exportTo`.
     pub fn services(&self) -> &[proxy::Service] {
         &self.services
     }
@@ -277,6 +326,7 @@ fn service(
             .collect(),
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
         timeouts,
+        routes: Vec::new(),
     }
 }
 

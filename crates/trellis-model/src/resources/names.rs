@@ -76,7 +76,7 @@ fn is_label_name(s: &str) -> bool {
 }
 
 /// An HTTP field name (an RFC 9110 token), as Gateway API requires of header names.
-pub(super) fn is_http_token(s: &str) -> bool {
+pub(crate) fn is_http_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -84,7 +84,7 @@ pub(super) fn is_http_token(s: &str) -> bool {
 
 /// Why `pattern` does not compile as a regular expression (RE2 syntax, as the `regex` crate and
 /// Envoy take it), or `None`.
-pub(super) fn regex_error(pattern: &str) -> Option<String> {
+pub(crate) fn regex_error(pattern: &str) -> Option<String> {
     let error = regex_syntax::Parser::new().parse(pattern).err()?;
     let detail = match &error {
         regex_syntax::Error::Parse(e) => {

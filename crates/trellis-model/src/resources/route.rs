@@ -4,7 +4,8 @@
 //!
 //! Defaults are filled in as the Gateway API CRDs fill them in (a rule with no matches matches
 //! every path; a backend's weight is 1; a redirect is a 302), so the model holds what the API
-//! server would store. Parsed and validated here; compiled into proxy config in a later issue.
+//! server would store. Parsed and validated here; `compile/route.rs` turns them into the routes
+//! of each proxy's Services.
 
 use std::time::Duration;
 

@@ -19,6 +19,8 @@ use crate::proxy::{self, App, AppPort, Endpoint, Identity, Ingress, Listeners, M
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
+pub(super) mod route;
+
 pub(super) const ROOT_FIELDS: &[&str] = &[
     "node",
     "listeners",
@@ -59,6 +61,7 @@ pub(super) const SERVICE_FIELDS: &[&str] = &[
     "ports",
     "endpoints",
     "timeouts",
+    "routes",
 ];
 pub(super) const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "target_port"];
 pub(super) const ENDPOINT_FIELDS: &[&str] = &[
@@ -338,6 +341,9 @@ impl Decoder {
                 .optional(&f, "endpoints", |d, n, p| d.list(n, p, Self::endpoint))
                 .unwrap_or_default(),
             timeouts: self.optional(&f, "timeouts", |d, n, p| Some(d.timeouts(n, p))),
+            routes: self
+                .optional(&f, "routes", |d, n, p| d.list(n, p, Self::route))
+                .unwrap_or_default(),
         }
     }
 

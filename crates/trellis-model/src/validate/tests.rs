@@ -3,13 +3,18 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
+use super::decode::route::{
+    BACKEND_FIELDS, FILTER_KINDS, HEADER_FIELDS, HEADER_MODIFIER_FIELDS, MATCH_FIELDS,
+    PATH_MATCH_FIELDS, PATH_MATCH_KINDS, PATH_MODIFIER_KINDS, REDIRECT_FIELDS, REWRITE_FIELDS,
+    ROUTE_FIELDS, RULE_FIELDS, VALUE_MATCH_FIELDS, VALUE_MATCH_KINDS,
+};
 use super::decode::{
     APP_FIELDS, APP_PORT_FIELDS, DEFAULT_NAMESPACE, ENDPOINT_FIELDS, INGRESS_FIELDS,
     LISTENER_FIELDS, NODE_FIELDS, OUTBOUND_POLICIES, PROTOCOLS, ROOT_FIELDS, SERVICE_FIELDS,
     SERVICE_PORT_FIELDS, TIMEOUT_FIELDS,
 };
 use super::*;
-use crate::{OutboundPolicy, Protocol};
+use crate::{OutboundPolicy, PathMatchKind, PathModifier, Protocol, RouteFilter, ValueMatchKind};
 
 const EXAMPLE: &str = "\
 node:
@@ -159,12 +164,15 @@ fn field_lists_match_serde() {
     json["services"][0]["hostnames"] = json!(["reviews.example.com"]);
     json["services"][0]["timeouts"] = serde_json::to_value(Timeouts::default()).unwrap();
     json["services"][0]["endpoints"][0]["namespace"] = json!("shop");
+    json["services"][0]["routes"] = full_route();
     let full: ProxyConfig = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(
         serde_json::to_value(&full).unwrap(),
         json,
         "every field serializes"
     );
+    // The decoder reads what serde writes, field for field (JSON is YAML).
+    assert_eq!(load_ok(&json.to_string()), full);
 
     let keys = |v: &Json| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     let service = &json["services"][0];
@@ -180,13 +188,51 @@ fn field_lists_match_serde() {
         (&service["endpoints"][0], ENDPOINT_FIELDS),
         (&json["timeouts"], TIMEOUT_FIELDS),
     ];
-    for (value, fields) in cases {
+    let route = &service["routes"][0];
+    let (rule, redirect_rule) = (&route["rules"][0], &route["rules"][1]);
+    let filters = &rule["filters"];
+    let redirect = &redirect_rule["filters"][0]["request_redirect"];
+    let route_cases: [(&Json, &[&str]); 10] = [
+        (route, ROUTE_FIELDS),
+        (rule, RULE_FIELDS),
+        (&rule["matches"][0], MATCH_FIELDS),
+        (&rule["matches"][0]["path"], PATH_MATCH_FIELDS),
+        (&rule["matches"][0]["headers"][0], VALUE_MATCH_FIELDS),
+        (&rule["backends"][0], BACKEND_FIELDS),
+        (
+            &filters[0]["request_header_modifier"],
+            HEADER_MODIFIER_FIELDS,
+        ),
+        (
+            &filters[0]["request_header_modifier"]["set"][0],
+            HEADER_FIELDS,
+        ),
+        (redirect, REDIRECT_FIELDS),
+        (&filters[2]["url_rewrite"], REWRITE_FIELDS),
+    ];
+    for (value, fields) in cases.into_iter().chain(route_cases) {
         let mut want: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
         let mut got = keys(value);
         want.sort();
         got.sort();
         assert_eq!(got, want);
     }
+    // Enums with data: one key each.
+    let mut kinds: Vec<String> = filters
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&redirect_rule["filters"][0]])
+        .flat_map(keys)
+        .collect();
+    kinds.sort();
+    let mut want: Vec<String> = FILTER_KINDS.iter().map(|k| k.to_string()).collect();
+    want.sort();
+    assert_eq!(kinds, want);
+    let mut modifiers = keys(&filters[2]["url_rewrite"]["path"]);
+    modifiers.extend(keys(&redirect["path"]));
+    modifiers.sort();
+    assert_eq!(modifiers, PATH_MODIFIER_KINDS);
 
     // Every enum variant is listed, under its serde name.
     fn _exhaustive(p: Protocol, o: OutboundPolicy) {
@@ -206,6 +252,316 @@ fn field_lists_match_serde() {
     for (name, o) in OUTBOUND_POLICIES {
         assert_eq!(serde_json::to_value(o).unwrap(), json!(name));
     }
+    fn _exhaustive_routes(p: PathMatchKind, v: ValueMatchKind, f: &RouteFilter, m: &PathModifier) {
+        // A new variant fails to compile here: add it to the decoder's lists.
+        match p {
+            PathMatchKind::Exact | PathMatchKind::Prefix | PathMatchKind::Regex => {}
+        }
+        match v {
+            ValueMatchKind::Exact | ValueMatchKind::Regex => {}
+        }
+        match f {
+            RouteFilter::RequestHeaderModifier(_)
+            | RouteFilter::ResponseHeaderModifier(_)
+            | RouteFilter::RequestRedirect(_)
+            | RouteFilter::UrlRewrite(_) => {}
+        }
+        match m {
+            PathModifier::ReplaceFullPath(_) | PathModifier::ReplacePrefixMatch(_) => {}
+        }
+    }
+    assert_eq!(PATH_MATCH_KINDS.len(), 3);
+    assert_eq!(VALUE_MATCH_KINDS.len(), 2);
+    for (name, k) in PATH_MATCH_KINDS {
+        assert_eq!(serde_json::to_value(k).unwrap(), json!(name));
+    }
+    for (name, k) in VALUE_MATCH_KINDS {
+        assert_eq!(serde_json::to_value(k).unwrap(), json!(name));
+    }
+}
+
+/// A route with every field given (and a second rule for the redirect, which cannot share a
+/// rule with backends or a rewrite).
+fn full_route() -> Json {
+    json!([{
+        "name": "HTTPRoute shop/reviews",
+        "port": 9080,
+        "rules": [
+            {
+                "matches": [{
+                    "path": { "type": "prefix", "value": "/api" },
+                    "method": "GET",
+                    "headers": [{ "type": "exact", "name": "x-canary", "value": "yes" }],
+                    "query_params": [{ "type": "regex", "name": "q", "value": "a.*" }],
+                }],
+                "filters": [
+                    { "request_header_modifier": {
+                        "set": [{ "name": "x-set", "value": "1" }],
+                        "add": [{ "name": "x-add", "value": "2" }],
+                        "remove": ["x-remove"],
+                    } },
+                    { "response_header_modifier": { "set": [], "add": [], "remove": ["server"] } },
+                    { "url_rewrite": {
+                        "hostname": "reviews.example",
+                        "path": { "replace_prefix_match": "/v2" },
+                    } },
+                ],
+                "backends": [{ "service": "reviews", "namespace": "shop", "port": 9080, "weight": 90 }],
+                "timeout": "2s",
+            },
+            {
+                "matches": [],
+                "filters": [{ "request_redirect": {
+                    "scheme": "https",
+                    "hostname": "reviews.example",
+                    "path": { "replace_full_path": "/moved" },
+                    "port": 8443,
+                    "status_code": 301,
+                } }],
+                "backends": [],
+                "timeout": null,
+            },
+        ],
+    }])
+}
+
+/// A config whose service `reviews` (ports 9080 and 9090) has `routes` (YAML at 4 spaces),
+/// beside service `ratings` (port 80) in namespace `shop`.
+fn with_routes(routes: &str) -> String {
+    format!(
+        "\
+node: {{ name: a }}
+services:
+  - name: reviews
+    ports: [{{ name: http, port: 9080, protocol: http }}, {{ name: grpc, port: 9090, protocol: grpc }}]
+    routes:
+{routes}  - name: ratings
+    namespace: shop
+    ports: [{{ name: http, port: 80, protocol: http }}]
+"
+    )
+}
+
+#[test]
+fn routes_load_with_their_defaults() {
+    let config = load_ok(&with_routes(
+        "      - rules:
+          - backends: [{ service: reviews, port: 9080 }, { service: ratings, namespace: shop, port: 80, weight: 0 }]
+          - matches: [{ headers: [{ name: x-v, value: \"2\" }] }]
+            filters: [{ request_redirect: {} }]
+",
+    ));
+    let route = &config.services[0].routes[0];
+    assert_eq!((route.name.as_str(), route.port), ("", None));
+    let rule = &route.rules[0];
+    assert!(rule.matches.is_empty() && rule.filters.is_empty());
+    assert_eq!(rule.timeout, None);
+    assert_eq!(
+        rule.backends[0].weight, 1,
+        "the Gateway API's default weight"
+    );
+    assert_eq!(rule.backends[0].namespace, None);
+    assert_eq!(
+        rule.backends[1].weight, 0,
+        "all weights zero is allowed: a 500"
+    );
+    let m = &route.rules[1].matches[0];
+    assert_eq!(m.path, None);
+    assert_eq!(m.headers[0].kind, ValueMatchKind::Exact);
+    let RouteFilter::RequestRedirect(redirect) = &route.rules[1].filters[0] else {
+        panic!("{:?}", route.rules[1].filters);
+    };
+    assert_eq!(redirect.status_code, 302);
+
+    // The same through serde's defaults.
+    let serde: crate::Route = serde_json::from_value(json!({
+        "rules": [
+            { "backends": [
+                { "service": "reviews", "port": 9080 },
+                { "service": "ratings", "namespace": "shop", "port": 80, "weight": 0 },
+            ] },
+            { "matches": [{ "headers": [{ "name": "x-v", "value": "2" }] }],
+              "filters": [{ "request_redirect": {} }] },
+        ],
+    }))
+    .unwrap();
+    assert_eq!(&serde, route);
+}
+
+#[test]
+fn route_mistakes_are_reported_with_line_and_field() {
+    let text = with_routes(
+        "      - port: 8080
+        rules:
+          - matches:
+              - path: { type: regex, value: \"/a(b\" }
+                headers: [{ name: \"x y\", type: regex, value: \"[\" }]
+                method: \"GE T\"
+            backends:
+              - { service: reviewz, port: 9080 }
+              - { service: ratings, port: 80 }
+              - { service: ratings, namespace: shop, port: 81 }
+              - { service: reviews, port: 9080, weight: 2000000 }
+            timeout: 2 s
+          - filters:
+              - { request_redirect: { status_code: 305, scheme: ftp } }
+              - { url_rewrite: { path: { replace_prefix_match: /v2 } } }
+              - { mirror: {} }
+          - filters:
+              - { request_header_modifier: { set: [{ name: x, value: y }] }, url_rewrite: {} }
+          - matches: [{ path: { type: exact, value: /a } }]
+            filters:
+              - { request_redirect: { path: { replace_prefix_match: /b } } }
+              - { request_redirect: { hostname: Not_A_Host } }
+            backends: [{ service: reviews, port: 9090 }]
+          - matches: [{ path: { type: prefix, value: a } }]
+",
+    );
+    let errors = load_err(&text);
+    let at = "services[0].routes[0]";
+    assert_error(
+        &errors,
+        6,
+        &format!("{at}.port"),
+        "8080 is not a port of service \"reviews\" (its ports: 9080, 9090)",
+    );
+    assert_error(
+        &errors,
+        9,
+        &format!("{at}.rules[0].matches[0].path.value"),
+        "\"/a(b\" is not a valid regular expression",
+    );
+    assert_error(
+        &errors,
+        10,
+        &format!("{at}.rules[0].matches[0].headers[0].name"),
+        "\"x y\" is not a header name",
+    );
+    assert_error(
+        &errors,
+        10,
+        &format!("{at}.rules[0].matches[0].headers[0].value"),
+        "\"[\" is not a valid regular expression",
+    );
+    assert_error(
+        &errors,
+        11,
+        &format!("{at}.rules[0].matches[0].method"),
+        "\"GE T\" is not an HTTP method",
+    );
+    assert_error(
+        &errors,
+        13,
+        &format!("{at}.rules[0].backends[0].service"),
+        "no service \"reviewz\" in namespace \"default\" in this config (services there: reviews)",
+    );
+    assert_error(
+        &errors,
+        14,
+        &format!("{at}.rules[0].backends[1].service"),
+        "no service \"ratings\" in namespace \"default\"",
+    );
+    assert_error(
+        &errors,
+        15,
+        &format!("{at}.rules[0].backends[2].port"),
+        "81 is not a port of service \"ratings\" (its ports: 80)",
+    );
+    assert_error(
+        &errors,
+        16,
+        &format!("{at}.rules[0].backends[3].weight"),
+        "2000000 is not a weight (a whole number from 0 to 1000000)",
+    );
+    assert_error(
+        &errors,
+        17,
+        &format!("{at}.rules[0].timeout"),
+        "\"2 s\" is not a duration",
+    );
+    let redirect = format!("{at}.rules[1].filters[0].request_redirect");
+    assert_error(
+        &errors,
+        19,
+        &format!("{redirect}.status_code"),
+        "305 is not a redirect status (301, 302, 303, 307 or 308)",
+    );
+    assert_error(
+        &errors,
+        19,
+        &format!("{redirect}.scheme"),
+        "\"ftp\" is not a scheme (expected one of: http, https)",
+    );
+    assert_error(
+        &errors,
+        21,
+        &format!("{at}.rules[1].filters[2]"),
+        "unknown filter \"mirror\" (expected one of: request_header_modifier, response_header_modifier, request_redirect, url_rewrite)",
+    );
+    assert_error(
+        &errors,
+        23,
+        &format!("{at}.rules[2].filters[0]"),
+        "give one of request_header_modifier, response_header_modifier, request_redirect, url_rewrite in each item, not request_header_modifier and url_rewrite together",
+    );
+    let rule = format!("{at}.rules[3]");
+    assert_error(
+        &errors,
+        26,
+        &format!("{rule}.filters[0].request_redirect.path"),
+        "replace_prefix_match needs the rule to have exactly one match, with a prefix path",
+    );
+    assert_error(
+        &errors,
+        26,
+        &format!("{rule}.filters[0].request_redirect"),
+        "a redirect answers the request itself: a rule with request_redirect has no backends",
+    );
+    assert_error(
+        &errors,
+        27,
+        &format!("{rule}.filters[1].request_redirect"),
+        "a rule may have one request_redirect (the first is filters[0])",
+    );
+    assert_error(
+        &errors,
+        27,
+        &format!("{rule}.filters[1].request_redirect.hostname"),
+        "\"Not_A_Host\" is not a DNS name",
+    );
+    assert_error(
+        &errors,
+        29,
+        &format!("{at}.rules[4].matches[0].path.value"),
+        "\"a\" must start with \"/\"",
+    );
+    // Rule 1's redirect and rewrite clash is not reported: a filter of that rule could not be
+    // read, so the others' indexes do not hold.
+    assert!(
+        !errors
+            .iter()
+            .any(|(_, f, _)| f.starts_with(&format!("{at}.rules[1].filters[1]"))),
+        "{errors:#?}"
+    );
+    assert_eq!(errors.len(), 19, "{errors:#?}");
+}
+
+#[test]
+fn a_redirect_and_a_rewrite_do_not_share_a_rule() {
+    let errors = load_err(&with_routes(
+        "      - rules:
+          - filters:
+              - { request_redirect: { hostname: a.example } }
+              - { url_rewrite: { hostname: b.example } }
+",
+    ));
+    assert_error(
+        &errors,
+        9,
+        "services[0].routes[0].rules[0].filters[1].url_rewrite",
+        "a rule may not have both request_redirect (filters[0]) and url_rewrite",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
 }
 
 #[test]

@@ -407,3 +407,357 @@ spec:
         "{bad}"
     );
 }
+
+/// Backends for routes: `ratings-v1`/`ratings-v2` select one ratings workload each; the
+/// namespace `frontend` has a caller `fe` and its own Service `canary` (ratings-b again: a
+/// Service selects in its own namespace, so `canary` has a workload there).
+const ROUTED: &str = "\
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: ratings-v1, namespace: shop }
+spec:
+  selector: { app: ratings, version: v1 }
+  ports: [{ name: http, port: 9080, protocol: http, targetPort: 8080 }]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: ratings-v2, namespace: shop }
+spec:
+  selector: { app: ratings, version: v2 }
+  ports: [{ name: http, port: 9080, protocol: http, targetPort: 8080 }]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Workload
+metadata: { name: fe, namespace: frontend, labels: { app: fe } }
+spec:
+  serviceAccount: fe
+  address: 10.0.2.1
+  proxy: { mesh: 10.0.2.1:15008 }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata: { name: canary, namespace: frontend }
+spec:
+  selector: { app: canary }
+  ports: [{ name: http, port: 8000, protocol: http }]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: Workload
+metadata: { name: canary-0, namespace: frontend, labels: { app: canary } }
+spec:
+  serviceAccount: canary
+  address: 10.0.2.2
+  proxy: { mesh: 10.0.2.2:15008 }
+";
+
+/// A producer route on ratings: `x-version: v2` pins ratings-v2, the rest splits 90/10.
+const PRODUCER: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: ratings-split, namespace: shop }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: ratings }]
+  rules:
+    - matches: [{ headers: [{ name: x-version, value: v2 }] }]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: { set: [{ name: x-routed, value: \"yes\" }], remove: [x-debug] }
+        - type: RequestMirror
+          requestMirror: { backendRef: { name: ratings-v1, port: 9080 } }
+      backendRefs: [{ name: ratings-v2, port: 9080 }]
+      timeouts: { request: 2s, backendRequest: 1s }
+    - matches: [{ path: { type: PathPrefix, value: /old } }]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /new }, statusCode: 301 }
+    - backendRefs:
+        - { name: ratings-v1, port: 9080, weight: 90 }
+        - { name: ratings-v2, port: 9080, weight: 10 }
+";
+
+/// A consumer route on ratings, for the callers in `frontend`, narrowed to port `port`.
+fn consumer(port: Option<u16>) -> String {
+    let port = port.map_or(String::new(), |p| format!(", port: {p}"));
+    format!(
+        "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{ name: to-canary, namespace: frontend }}
+spec:
+  parentRefs: [{{ group: \"\", kind: Service, name: ratings, namespace: shop{port} }}]
+  rules:
+    - backendRefs: [{{ name: canary, port: 8000 }}]
+      timeouts: {{ request: 100ms }}
+"
+    )
+}
+
+fn routed(extra: &[&str]) -> Resources {
+    let mut docs = vec![ROUTED];
+    docs.extend(extra);
+    resources(&docs.join("---\n"))
+}
+
+fn route_names(config: &ProxyConfig, service_name: &str) -> Vec<(String, Option<u16>)> {
+    service(config, service_name)
+        .routes
+        .iter()
+        .map(|r| (r.name.clone(), r.port))
+        .collect()
+}
+
+#[test]
+fn a_service_without_routes_has_none() {
+    let r = routed(&[]);
+    let config = proxy(&r, "web", "shop");
+    assert!(config.services.iter().all(|s| s.routes.is_empty()));
+}
+
+#[test]
+fn producer_routes_apply_to_every_caller_with_backends_resolved() {
+    let r = routed(&[PRODUCER]);
+    let config = proxy(&r, "web", "shop");
+    let ratings = service(&config, "ratings");
+    assert_eq!(ratings.routes.len(), 1);
+    let route = &ratings.routes[0];
+    assert_eq!(route.name, "HTTPRoute shop/ratings-split");
+    assert_eq!(route.port, None, "no parentRef port: every port");
+    let [pinned, redirect, split] = route.rules.as_slice() else {
+        panic!("{:#?}", route.rules);
+    };
+
+    // The header rule, with the Gateway API's default path (prefix /) written out.
+    let m = &pinned.matches[0];
+    let prefix = proxy::PathMatch {
+        kind: proxy::PathMatchKind::Prefix,
+        value: "/".to_string(),
+    };
+    assert_eq!(m.path.as_ref(), Some(&prefix));
+    assert_eq!(
+        m.headers,
+        [proxy::ValueMatch {
+            kind: proxy::ValueMatchKind::Exact,
+            name: "x-version".to_string(),
+            value: "v2".to_string(),
+        }]
+    );
+    // The mirror waits for the proxy to support it; the header modifier is there.
+    assert_eq!(
+        pinned.filters,
+        [proxy::RouteFilter::RequestHeaderModifier(
+            proxy::HeaderModifier {
+                set: vec![proxy::Header {
+                    name: "x-routed".to_string(),
+                    value: "yes".to_string(),
+                }],
+                add: Vec::new(),
+                remove: vec!["x-debug".to_string()],
+            }
+        )]
+    );
+    // One try: the shorter of request and backendRequest.
+    assert_eq!(pinned.timeout, Some(Duration::from_secs(1)));
+
+    let proxy::RouteFilter::RequestRedirect(r301) = &redirect.filters[0] else {
+        panic!("{:?}", redirect.filters);
+    };
+    assert_eq!(r301.status_code, 301);
+    assert_eq!(
+        r301.path,
+        Some(proxy::PathModifier::ReplacePrefixMatch("/new".to_string()))
+    );
+    assert!(redirect.backends.is_empty());
+
+    // Backends are Services with their namespace written out, and the backend Service's port.
+    let backends: Vec<(&str, Option<&str>, u16, u32)> = split
+        .backends
+        .iter()
+        .map(|b| (b.service.as_str(), b.namespace.as_deref(), b.port, b.weight))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("ratings-v1", Some("shop"), 9080, 90),
+            ("ratings-v2", Some("shop"), 9080, 10)
+        ]
+    );
+    assert_eq!(split.timeout, None);
+
+    // Every caller, in any namespace, sees the producer route; the backends keep no routes.
+    for (name, ns) in [
+        ("legacy-db", "default"),
+        ("fe", "frontend"),
+        ("ratings-a", "shop"),
+    ] {
+        let other = proxy(&r, name, ns);
+        assert_eq!(
+            service(&other, "ratings").routes,
+            ratings.routes,
+            "{ns}/{name}"
+        );
+        assert!(service(&other, "ratings-v1").routes.is_empty());
+    }
+}
+
+#[test]
+fn consumer_routes_replace_producer_routes_for_their_namespace_only() {
+    let consumer = consumer(None);
+    let r = routed(&[PRODUCER, &consumer]);
+    let fe = proxy(&r, "fe", "frontend");
+    assert_eq!(
+        route_names(&fe, "ratings"),
+        [("HTTPRoute frontend/to-canary".to_string(), None)]
+    );
+    let rule = &service(&fe, "ratings").routes[0].rules[0];
+    assert_eq!(rule.backends[0].service, "canary");
+    assert_eq!(
+        rule.backends[0].namespace.as_deref(),
+        Some("frontend"),
+        "the route's namespace, not the parent's"
+    );
+    assert_eq!(rule.timeout, Some(Duration::from_millis(100)));
+    // Callers elsewhere never see it.
+    for (name, ns) in [("web", "shop"), ("legacy-db", "default")] {
+        assert_eq!(
+            route_names(&proxy(&r, name, ns), "ratings"),
+            [("HTTPRoute shop/ratings-split".to_string(), None)],
+            "{ns}/{name}"
+        );
+    }
+    // A consumer route alone (no producer route) works the same way.
+    let r = routed(&[&consumer]);
+    assert_eq!(
+        route_names(&proxy(&r, "fe", "frontend"), "ratings").len(),
+        1
+    );
+    assert!(route_names(&proxy(&r, "web", "shop"), "ratings").is_empty());
+}
+
+#[test]
+fn a_parent_port_narrows_a_route_and_its_precedence() {
+    // A producer route on port 9901 only.
+    let narrowed = PRODUCER.replace(
+        "name: ratings }]",
+        "name: ratings, port: 9901 }, { group: \"\", kind: Service, name: ratings, port: 9901 }]",
+    );
+    let r = routed(&[&narrowed]);
+    assert_eq!(
+        route_names(&proxy(&r, "web", "shop"), "ratings"),
+        [("HTTPRoute shop/ratings-split".to_string(), Some(9901))],
+        "a parentRef given twice attaches once"
+    );
+
+    // A consumer route on 9080 replaces the producer route (every port) on 9080 only: the
+    // producer route stays on 9901 for the consumer's callers.
+    let consumer = consumer(Some(9080));
+    let r = routed(&[PRODUCER, &consumer]);
+    assert_eq!(
+        route_names(&proxy(&r, "fe", "frontend"), "ratings"),
+        [
+            ("HTTPRoute shop/ratings-split".to_string(), Some(9901)),
+            ("HTTPRoute frontend/to-canary".to_string(), Some(9080)),
+        ]
+    );
+    assert_eq!(
+        route_names(&proxy(&r, "web", "shop"), "ratings"),
+        [("HTTPRoute shop/ratings-split".to_string(), None)]
+    );
+}
+
+#[test]
+fn routes_are_in_tie_break_order_by_namespace_then_name() {
+    let second = PRODUCER.replace("name: ratings-split", "name: b-route");
+    let first = PRODUCER.replace("name: ratings-split", "name: a-route");
+    let grpc = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: a-route, namespace: shop }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: ratings, port: 9901 }]
+  rules:
+    - backendRefs: [{ name: ratings-v1, port: 9080 }]
+";
+    let r = routed(&[&second, grpc, &first]);
+    let names: Vec<String> = route_names(&proxy(&r, "web", "shop"), "ratings")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "HTTPRoute shop/a-route",
+            "GRPCRoute shop/a-route",
+            "HTTPRoute shop/b-route"
+        ]
+    );
+}
+
+#[test]
+fn grpc_methods_compile_to_paths() {
+    let grpc = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: ratings-grpc, namespace: shop }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: ratings, port: 9901 }]
+  rules:
+    - matches:
+        - method: { service: shop.v1.Ratings, method: Get }
+        - method: { service: shop.v1.Ratings }
+        - method: { method: List }
+        - method: { type: RegularExpression, service: \"shop\\\\.v[0-9]+\\\\.Ratings\" }
+          headers: [{ name: x-user, type: RegularExpression, value: \"a.*\" }]
+        - headers: [{ name: x-user, value: bob }]
+      filters:
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: { add: [{ name: x-grpc-routed, value: \"1\" }] }
+      backendRefs: [{ name: ratings-v2, port: 9080 }]
+    - {}
+";
+    let r = routed(&[grpc]);
+    let config = proxy(&r, "web", "shop");
+    let route = &service(&config, "ratings").routes[0];
+    assert_eq!(route.name, "GRPCRoute shop/ratings-grpc");
+    assert_eq!(route.port, Some(9901));
+    let paths: Vec<Option<(proxy::PathMatchKind, &str)>> = route.rules[0]
+        .matches
+        .iter()
+        .map(|m| m.path.as_ref().map(|p| (p.kind, p.value.as_str())))
+        .collect();
+    use proxy::PathMatchKind::{Exact, Prefix, Regex};
+    assert_eq!(
+        paths,
+        [
+            Some((Exact, "/shop.v1.Ratings/Get")),
+            Some((Prefix, "/shop.v1.Ratings")),
+            Some((Regex, "/[^/]+/List")),
+            Some((Regex, "/(?:shop\\.v[0-9]+\\.Ratings)/(?:[^/]+)")),
+            None,
+        ]
+    );
+    let headers = &route.rules[0].matches[3].headers[0];
+    assert_eq!(headers.kind, proxy::ValueMatchKind::Regex);
+    assert_eq!(route.rules[0].matches[4].headers[0].value, "bob");
+    assert!(matches!(
+        route.rules[0].filters[0],
+        proxy::RouteFilter::ResponseHeaderModifier(_)
+    ));
+    // A rule with no matches matches every request; with no backends it answers 500.
+    assert_eq!(route.rules[1], proxy::RouteRule::default());
+}
+
+#[test]
+fn compiled_routes_pass_the_proxys_own_validation() {
+    let consumer = consumer(Some(9080));
+    let r = routed(&[PRODUCER, &consumer]);
+    let compiler = Compiler::new(&r, CompileOptions::default());
+    for workload in &r.workloads {
+        let (name, ns) = (&workload.metadata.name, &workload.metadata.namespace);
+        let config = compiler.proxy(name, ns).expect("compiles");
+        let text = serde_json::to_string(&config).expect("serializes");
+        match ProxyConfig::from_yaml("compiled.json", &text) {
+            Ok(parsed) => assert_eq!(parsed, config),
+            Err(errors) => panic!("the config of {ns}/{name} does not validate:\n{errors}"),
+        }
+    }
+}
