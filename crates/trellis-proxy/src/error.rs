@@ -58,6 +58,8 @@ pub enum ProxyError {
     NotAnAppPort { target: SocketAddr },
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
+    #[error("RBAC: access denied ({denial})")]
+    Denied { denial: crate::authz::Denial },
 }
 
 impl ProxyError {
@@ -66,7 +68,9 @@ impl ProxyError {
         match self {
             Self::NoRoute { .. } => StatusCode::BAD_GATEWAY,
             Self::NoAuthority | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => StatusCode::FORBIDDEN,
+            Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } | Self::Denied { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::NoEndpoints { .. }
             | Self::Connect { .. }
             | Self::ConnectTimeout { .. }
@@ -95,6 +99,7 @@ impl ProxyError {
             | Self::TunnelRefused { .. } => ResponseFlags::UpstreamConnectionFailure,
             Self::Upstream { .. } => ResponseFlags::UpstreamConnectionTermination,
             Self::Timeout { .. } => ResponseFlags::UpstreamRequestTimeout,
+            Self::Denied { .. } => ResponseFlags::AccessDenied,
         }
     }
 }
