@@ -6,6 +6,7 @@
 //! parallel under cargo test (threads) and cargo nextest (processes).
 
 mod admin;
+mod authz;
 mod bad_input;
 mod ca_service;
 mod capture;

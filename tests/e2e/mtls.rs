@@ -10,17 +10,17 @@ use crate::{log_str, trellis};
 
 const TD: &str = "cluster.local";
 
-fn id(sa: &str) -> String {
+pub(crate) fn id(sa: &str) -> String {
     format!("spiffe://{TD}/ns/test/sa/{sa}")
 }
 
-/// A CA and certificates for `client` and `web`.
-struct Pki {
+/// A CA and certificates for `client`, `web` and `other`.
+pub(crate) struct Pki {
     dir: TestDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = TestDir::new("pki");
         let t = trellis();
         let ca = dir.join("ca");
@@ -44,7 +44,7 @@ impl Pki {
     }
 
     /// The `identity:` section for workload `sa`.
-    fn identity(&self, sa: &str) -> String {
+    pub(crate) fn identity(&self, sa: &str) -> String {
         let d = self.dir.path().display();
         format!(
             "identity:

@@ -9,10 +9,12 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
-    App, AppPort, Endpoint, Header, HeaderModifier, Identity, Ingress, Listeners, MtlsMode, Node,
-    OutboundPolicy, PathMatch, PathMatchKind, PathModifier, Protocol, ProxyConfig, RequestRedirect,
-    Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, Service, ServicePort, Timeouts,
-    UrlRewrite, ValueMatch, ValueMatchKind,
+    App, AppPort, Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, Endpoint,
+    Header, HeaderModifier, Identity, Ingress, IpBlock, Listeners, MtlsMode, Node, OutboundPolicy,
+    PathMatch, PathMatchKind, PathModifier, PolicyAction, PolicyCondition, PolicyOperation,
+    PolicyRule, PolicySource, Protocol, ProxyConfig, RequestRedirect, Route, RouteBackend,
+    RouteFilter, RouteMatch, RouteRule, Service, ServicePort, Timeouts, UrlRewrite, ValueMatch,
+    ValueMatchKind,
 };
 pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

@@ -10,8 +10,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod authorization;
 pub(crate) mod route;
 
+pub use authorization::{
+    Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, IpBlock, PolicyAction,
+    PolicyCondition, PolicyOperation, PolicyRule, PolicySource,
+};
 pub use route::{
     Header, HeaderModifier, PathMatch, PathMatchKind, PathModifier, RequestRedirect, Route,
     RouteBackend, RouteFilter, RouteMatch, RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
@@ -46,6 +51,10 @@ pub struct ProxyConfig {
     /// port's own `mtls` wins for traffic to that port.
     #[serde(default)]
     pub mtls: MtlsMode,
+    /// Who may call the app (Istio's AuthorizationPolicy): checked on every request and
+    /// connection from the mesh and from captured clients. Absent: everyone may.
+    #[serde(default, skip_serializing_if = "Authorization::is_empty")]
+    pub authorization: Authorization,
     /// The control plane's discovery service. With it, everything but `node`, `listeners`,
     /// `identity` and `control` comes from the control plane (this file is the bootstrap), and
     /// the proxy is ready once the first config has been applied.

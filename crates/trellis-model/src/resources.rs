@@ -32,6 +32,7 @@ mod security;
 mod tests;
 mod traffic;
 
+pub use crate::proxy::IpBlock;
 pub use compile::{CompileError, CompileOptions, Compiler, compile};
 pub use mesh::{ServicePortSpec, ServiceSpec, WorkloadProxy, WorkloadRun, WorkloadSpec};
 pub use route::{
@@ -41,8 +42,8 @@ pub use route::{
     ValueMatch,
 };
 pub use security::{
-    AuthorizationAction, AuthorizationPolicySpec, AuthorizationRule, IpBlock,
-    PeerAuthenticationSpec, RuleCondition, RuleOperation, RuleSource,
+    AuthorizationAction, AuthorizationPolicySpec, AuthorizationRule, PeerAuthenticationSpec,
+    RuleCondition, RuleOperation, RuleSource,
 };
 pub use traffic::{
     ConnectionLimits, HashOn, LoadBalancer, LoadBalancerKind, OutlierDetection, PolicyTimeouts,

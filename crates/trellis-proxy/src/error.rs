@@ -66,6 +66,8 @@ pub enum ProxyError {
     },
     #[error("{route} of service {service}: the matching rule has no backend with a weight above 0")]
     NoBackend { service: String, route: String },
+    #[error("RBAC: access denied ({denial})")]
+    Denied { denial: crate::authz::Denial },
 }
 
 impl ProxyError {
@@ -77,7 +79,9 @@ impl ProxyError {
             Self::NoRouteMatch { .. } => StatusCode::NOT_FOUND,
             Self::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NoAuthority | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } => StatusCode::FORBIDDEN,
+            Self::NotAnAppPort { .. } | Self::MtlsRequired { .. } | Self::Denied { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Self::NoEndpoints { .. }
             | Self::Connect { .. }
             | Self::ConnectTimeout { .. }
@@ -108,6 +112,7 @@ impl ProxyError {
             | Self::TunnelRefused { .. } => ResponseFlags::UpstreamConnectionFailure,
             Self::Upstream { .. } => ResponseFlags::UpstreamConnectionTermination,
             Self::Timeout { .. } => ResponseFlags::UpstreamRequestTimeout,
+            Self::Denied { .. } => ResponseFlags::AccessDenied,
         }
     }
 }

@@ -3,7 +3,9 @@
 //! The mesh listener speaks HTTP/2 with peer proxies. An ordinary request names the app
 //! address in `trellis-dst` and the client's protocol in `trellis-proto`; it is forwarded to
 //! the app in that protocol. A `CONNECT` stream carries TCP (and upgrades) to an app port.
-//! Only the local app's declared ports are reachable: the proxy is not an open relay.
+//! Only the local app's declared ports are reachable: the proxy is not an open relay. Every
+//! request and connection that reaches the app passes the authorization policies first
+//! (`authz`): a denied request is answered 403, a denied connection closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,11 +20,12 @@ use tokio::net::TcpStream;
 use trellis_model::{MtlsMode, Protocol as Declared};
 use trellis_runtime::DrainWatcher;
 
+use crate::authz::{self, Attributes, Denial, HttpAttributes};
 use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
-use crate::metrics::{Metrics, Reporter};
+use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::mtls::MeshTls;
 use crate::observe::{ConnAddrs, PeerConn, RequestObserver, TcpObserver};
 use crate::orig_dst::original_dst;
@@ -200,6 +203,10 @@ impl Inbound {
         if let Err(error) = admit_captured(target, snapshot) {
             return obs.fail(&error);
         }
+        let attrs = tcp_attributes(None, addrs, target);
+        if let Err(denial) = snapshot.authz.check(&attrs) {
+            return obs.fail(&ProxyError::Denied { denial });
+        }
         obs.set_upstream(target);
         let t = snapshot.timeouts;
         match self.upstreams.connector.connect(target, t.connect).await {
@@ -239,6 +246,11 @@ impl Inbound {
         obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
         headers::strip_internal(req.headers_mut());
         headers::set_forwarded(req.headers_mut(), addrs.client.ip(), "http");
+        // A client outside the mesh has no principal.
+        let attrs = http_attributes(None, addrs, target, &req);
+        if let Err(denial) = snapshot.authz.check(&attrs) {
+            return denied(obs, &denial, version);
+        }
         let resp = self
             .forward_to_app(req, &mut obs, target, http1, &snapshot)
             .await;
@@ -311,7 +323,7 @@ impl Inbound {
         }
 
         if req.method() == Method::CONNECT {
-            return self.connect(req, obs, peer, &snapshot).await;
+            return self.connect(req, obs, addrs, peer, &snapshot).await;
         }
 
         // Where the caller's proxy says this request is for, and in which protocol.
@@ -330,6 +342,11 @@ impl Inbound {
         if let Some(id) = req.headers().get(headers::X_REQUEST_ID) {
             obs.set_request_id(id.clone());
         }
+        let principal = peer.principal.as_deref();
+        let attrs = http_attributes(principal, addrs, target, &req);
+        if let Err(denial) = snapshot.authz.check(&attrs) {
+            return denied(obs, &denial, Version::HTTP_2);
+        }
         let result = self
             .forward_to_app(req, &mut obs, target, http1, &snapshot)
             .await;
@@ -341,6 +358,7 @@ impl Inbound {
         &self,
         mut req: Request<Incoming>,
         obs: RequestObserver,
+        addrs: ConnAddrs,
         peer: &PeerConn,
         snapshot: &Snapshot,
     ) -> Response<Body> {
@@ -361,6 +379,11 @@ impl Inbound {
         };
         if let Err(error) = admit(target, peer, snapshot) {
             return obs.fail(&error, Version::HTTP_2);
+        }
+        // A tunnel is TCP to the policies: refused before the app is connected to.
+        let attrs = tcp_attributes(peer.principal.as_deref(), addrs, target);
+        if let Err(denial) = snapshot.authz.check(&attrs) {
+            return denied(obs, &denial, Version::HTTP_2);
         }
         let t = snapshot.timeouts;
         let upstream = match self.upstreams.connector.connect(target, t.connect).await {
@@ -383,6 +406,45 @@ impl Inbound {
         });
         Response::new(empty())
     }
+}
+
+/// What the policies see of an HTTP request for `target`.
+fn http_attributes<'a, B>(
+    principal: Option<&'a str>,
+    addrs: ConnAddrs,
+    target: SocketAddr,
+    req: &'a Request<B>,
+) -> Attributes<'a> {
+    Attributes {
+        principal,
+        source: addrs.client.ip(),
+        destination: target,
+        http: Some(HttpAttributes {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        }),
+    }
+}
+
+/// What the policies see of a connection (or tunnel) to `target`.
+fn tcp_attributes(principal: Option<&str>, addrs: ConnAddrs, target: SocketAddr) -> Attributes<'_> {
+    Attributes {
+        principal,
+        source: addrs.client.ip(),
+        destination: target,
+        http: None,
+    }
+}
+
+/// A request the policies denied: 403 `RBAC: access denied`, recorded with the `RBAC` flag.
+fn denied(obs: RequestObserver, denial: &Denial, version: Version) -> Response<Body> {
+    tracing::debug!(%denial, "request denied by an authorization policy");
+    obs.observe_response(
+        authz::denied_response(),
+        version,
+        ResponseFlags::AccessDenied,
+    )
 }
 
 /// May this peer connection reach `target`? It must be a port of the local app, and a port

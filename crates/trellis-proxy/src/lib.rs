@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod app;
+mod authz;
 mod backoff;
 mod balance;
 pub mod detect;
@@ -31,5 +32,6 @@ mod tunnel;
 mod xds;
 
 pub use app::{Bound, BoundAddrs, BuildError, build};
+pub use authz::Denial;
 pub use error::ProxyError;
 pub use identity::IdentityError;

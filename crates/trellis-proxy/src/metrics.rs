@@ -152,6 +152,9 @@ pub enum ResponseFlags {
     DownstreamProtocolError,
     /// `UPE`: the endpoint's response broke the protocol.
     UpstreamProtocolError,
+    /// `RBAC`: an authorization policy denied the request or connection. Trellis's own flag:
+    /// Envoy's RBAC filters set none (the detail is in its `response_code_details`).
+    AccessDenied,
 }
 
 struct Inner {
@@ -379,6 +382,7 @@ impl ResponseFlags {
             ResponseFlags::DownstreamConnectionTermination => "DC",
             ResponseFlags::DownstreamProtocolError => "DPE",
             ResponseFlags::UpstreamProtocolError => "UPE",
+            ResponseFlags::AccessDenied => "RBAC",
         }
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct Snapshot {
     pub(crate) app_address: IpAddr,
     pub(crate) outbound_policy: OutboundPolicy,
     pub(crate) timeouts: Timeouts,
+    /// The inbound authorization policies, compiled.
+    pub(crate) authz: crate::authz::Authorizer,
 }
 
 /// Who this proxy is.
@@ -219,6 +221,7 @@ impl Snapshot {
             app_address: config.app.address,
             outbound_policy: config.outbound_policy,
             timeouts: config.timeouts,
+            authz: crate::authz::Authorizer::new(&config.authorization),
             config: Arc::new(config),
         })
     }

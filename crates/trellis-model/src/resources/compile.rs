@@ -6,12 +6,13 @@
 //! with its endpoints (the Workloads its selector matches, each with its sidecar's address and
 //! SPIFFE identity), the timeouts of its TrafficPolicy and its routes (HTTPRoute and
 //! GRPCRoute as GAMMA scopes them, see [`route`]: producer routes for every caller, consumer
-//! routes for the callers of their namespace), and the workload's mTLS mode.
+//! routes for the callers of their namespace), the workload's mTLS mode, and the
+//! AuthorizationPolicies that apply to it (mesh-wide, namespace-wide and selecting ones, see
+//! [`authorization`]).
 //!
 //! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; route
-//! mirrors, the rest of TrafficPolicy and AuthorizationPolicy wait for the proxy config to
-//! carry them. A proxy sees the Services exported to its namespace (`exportTo`, all by
-//! default).
+//! mirrors and the rest of TrafficPolicy wait for the proxy config to carry them. A proxy sees
+//! the Services exported to its namespace (`exportTo`, all by default).
 //!
 //! [`Compiler`] does the work shared by every proxy (selectors, endpoints, producer routes)
 //! once per set of resources, so that each proxy costs a copy of the Services plus its
@@ -23,6 +24,7 @@ use super::mesh::{selections, selects};
 use super::{Resource, Resources, ServiceSpec, TrafficPolicySpec, WorkloadSpec};
 use crate::proxy::{self, App, AppPort, Endpoint, MtlsMode, Node, ProxyConfig, Timeouts};
 
+mod authorization;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -32,8 +34,8 @@ mod tests;
 pub struct CompileOptions {
     /// The trust domain of SPIFFE IDs: `spiffe://<trust-domain>/ns/<ns>/sa/<account>`.
     pub trust_domain: String,
-    /// The namespace whose PeerAuthentication without a selector applies to the whole mesh
-    /// (Istio's root namespace).
+    /// The namespace whose PeerAuthentication and AuthorizationPolicies without a selector
+    /// apply to the whole mesh (Istio's root namespace).
     pub root_namespace: String,
 }
 
@@ -172,6 +174,11 @@ impl<'r> Compiler<'r> {
             timeouts: Timeouts::default(),
             identity: None,
             mtls,
+            authorization: authorization::for_workload(
+                &self.resources.authorization_policies,
+                &self.options.root_namespace,
+                workload,
+            ),
             control: None,
         })
     }

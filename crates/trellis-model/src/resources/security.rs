@@ -1,18 +1,18 @@
 //! `security.istio.io/v1` `PeerAuthentication` and `AuthorizationPolicy`: the shapes Istio users
 //! already write, with Istio's validation rules.
 //!
-//! PeerAuthentication is compiled into each proxy's mTLS modes; AuthorizationPolicy is parsed
-//! and validated, and enforced in a later issue.
+//! PeerAuthentication is compiled into each proxy's mTLS modes, AuthorizationPolicy into each
+//! proxy's `authorization` (see `compile/authorization.rs`), which the proxy enforces.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::net::IpAddr;
 
 use super::Labels;
 use super::decode::{Decoder, Fields};
 use super::names::{is_http_token, quoted};
-use crate::MtlsMode;
+use crate::proxy::authorization::CONDITION_KEYS;
+use crate::proxy::{ConditionKey, ConditionKeyError};
 use crate::validate::yaml::Node;
+use crate::{IpBlock, MtlsMode};
 
 const PEER_AUTHENTICATION_FIELDS: &[&str] = &["selector", "mtls", "portLevelMtls"];
 const SELECTOR_FIELDS: &[&str] = &["matchLabels"];
@@ -49,19 +49,6 @@ const MTLS_MODES: &[(&str, Option<MtlsMode>)] = &[
 const ACTIONS: &[(&str, AuthorizationAction)] = &[
     ("ALLOW", AuthorizationAction::Allow),
     ("DENY", AuthorizationAction::Deny),
-];
-/// `when` keys Istio knows, taken whole.
-const CONDITION_KEYS: &[&str] = &[
-    "source.ip",
-    "remote.ip",
-    "source.namespace",
-    "source.principal",
-    "request.auth.principal",
-    "request.auth.audiences",
-    "request.auth.presenter",
-    "destination.ip",
-    "destination.port",
-    "connection.sni",
 ];
 
 /// What mTLS a workload's mesh listener accepts. Without a selector the policy is for the whole
@@ -130,40 +117,6 @@ pub struct RuleCondition {
     pub key: String,
     pub values: Vec<String>,
     pub not_values: Vec<String>,
-}
-
-/// An address or CIDR block (`10.0.0.0/8`; a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpBlock {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl IpBlock {
-    /// Parse `10.0.0.1` or `10.0.0.0/8`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let address: IpAddr = address.parse().ok()?;
-        let max = if address.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match prefix {
-            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
-            Some(_) => return None,
-            None => max,
-        };
-        (prefix_len <= max).then_some(Self {
-            address,
-            prefix_len,
-        })
-    }
-}
-
-impl fmt::Display for IpBlock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.address, self.prefix_len)
-    }
 }
 
 impl Decoder {
@@ -378,23 +331,17 @@ impl Decoder {
             self.report(path, &[], "a condition needs values or notValues");
         }
         // Values of address and port keys must be addresses and ports.
+        let Ok(key) = ConditionKey::parse(&condition.key) else {
+            return condition;
+        };
         for (field, values) in [
             ("values", &condition.values),
             ("notValues", &condition.not_values),
         ] {
             for (i, value) in values.iter().enumerate() {
-                let reason = match condition.key.as_str() {
-                    "source.ip" | "remote.ip" | "destination.ip"
-                        if IpBlock::parse(value).is_none() =>
-                    {
-                        format!("{} is not an IP address or CIDR block", quoted(value))
-                    }
-                    "destination.port" if !value.parse::<u16>().is_ok_and(|p| p > 0) => {
-                        format!("{} is not a port number (1-65535)", quoted(value))
-                    }
-                    _ => continue,
-                };
-                self.report(&format!("{path}.{field}[{i}]"), &[&key_path], reason);
+                if let Some(reason) = key.value_error(value) {
+                    self.report(&format!("{path}.{field}[{i}]"), &[&key_path], reason);
+                }
             }
         }
         condition
@@ -432,41 +379,34 @@ impl Decoder {
     }
 }
 
-/// Istio's attribute names for `when`.
-fn condition_key_error(key: &str) -> Option<String> {
-    let bracketed = |prefix: &str| {
-        key.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_suffix(']'))
-            .is_some_and(|name| !name.is_empty() && !name.contains(['[', ']']))
-    };
-    let known = CONDITION_KEYS.contains(&key)
-        || bracketed("request.headers[")
-        || bracketed("request.auth.claims[")
-        || key.starts_with("experimental.envoy.filters.");
-    (!known && !key.is_empty()).then(|| {
-        format!(
-            "{} is not an attribute Istio knows (expected one of: {}, request.headers[NAME], \
-             request.auth.claims[NAME])",
-            quoted(key),
-            CONDITION_KEYS.join(", ")
-        )
-    })
+/// Istio's attribute names for `when`, those Trellis evaluates.
+pub(crate) fn condition_key_error(key: &str) -> Option<String> {
+    match ConditionKey::parse(key) {
+        Ok(_) => None,
+        Err(_) if key.is_empty() => None,
+        Err(ConditionKeyError::Unsupported) => Some(format!(
+            "{} is an Istio attribute Trellis does not evaluate",
+            quoted(key)
+        )),
+        Err(ConditionKeyError::Unknown) => {
+            let names: Vec<&str> = CONDITION_KEYS
+                .iter()
+                .filter(|(_, k)| k.is_some())
+                .map(|(name, _)| *name)
+                .collect();
+            Some(format!(
+                "{} is not an attribute Istio knows (expected one of: {}, \
+                 request.headers[NAME], request.auth.claims[NAME])",
+                quoted(key),
+                names.join(", ")
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ip_blocks_parse() {
-        let block = IpBlock::parse("10.0.0.0/8").unwrap();
-        assert_eq!(block.to_string(), "10.0.0.0/8");
-        assert_eq!(IpBlock::parse("10.1.2.3").unwrap().prefix_len, 32);
-        assert_eq!(IpBlock::parse("fd00::/8").unwrap().prefix_len, 8);
-        for bad in ["10.0.0.0/33", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "x"] {
-            assert_eq!(IpBlock::parse(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn condition_keys() {
@@ -475,5 +415,10 @@ mod tests {
         assert_eq!(condition_key_error("request.auth.claims[iss]"), None);
         assert!(condition_key_error("request.headers[]").is_some());
         assert!(condition_key_error("source.ips").is_some());
+        let unsupported = condition_key_error("connection.sni").unwrap();
+        assert!(
+            unsupported.contains("Trellis does not evaluate"),
+            "{unsupported}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::proxy::{self, App, AppPort, Endpoint, Identity, Ingress, Listeners, M
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
+pub(super) mod authorization;
 pub(super) mod route;
 
 pub(super) const ROOT_FIELDS: &[&str] = &[
@@ -30,6 +31,7 @@ pub(super) const ROOT_FIELDS: &[&str] = &[
     "timeouts",
     "identity",
     "mtls",
+    "authorization",
     "control",
 ];
 pub(super) const IDENTITY_FIELDS: &[&str] = &[
@@ -209,6 +211,9 @@ impl Decoder {
             identity: self.optional(&f, "identity", |d, n, p| Some(d.identity(n, p))),
             mtls: self
                 .optional(&f, "mtls", Self::mtls_mode)
+                .unwrap_or_default(),
+            authorization: self
+                .optional(&f, "authorization", |d, n, p| Some(d.authorization(n, p)))
                 .unwrap_or_default(),
             control: self.optional(&f, "control", Self::socket_addr),
         }

@@ -3,6 +3,10 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
+use super::decode::authorization::{
+    AUTHORIZATION_FIELDS, POLICY_ACTIONS, POLICY_CONDITION_FIELDS, POLICY_FIELDS,
+    POLICY_OPERATION_FIELDS, POLICY_RULE_FIELDS, POLICY_SOURCE_FIELDS,
+};
 use super::decode::route::{
     BACKEND_FIELDS, FILTER_KINDS, HEADER_FIELDS, HEADER_MODIFIER_FIELDS, MATCH_FIELDS,
     PATH_MATCH_FIELDS, PATH_MATCH_KINDS, PATH_MODIFIER_KINDS, REDIRECT_FIELDS, REWRITE_FIELDS,
@@ -14,7 +18,10 @@ use super::decode::{
     SERVICE_PORT_FIELDS, TIMEOUT_FIELDS,
 };
 use super::*;
-use crate::{OutboundPolicy, PathMatchKind, PathModifier, Protocol, RouteFilter, ValueMatchKind};
+use crate::{
+    OutboundPolicy, PathMatchKind, PathModifier, PolicyAction, Protocol, RouteFilter,
+    ValueMatchKind,
+};
 
 const EXAMPLE: &str = "\
 node:
@@ -165,6 +172,7 @@ fn field_lists_match_serde() {
     json["services"][0]["timeouts"] = serde_json::to_value(Timeouts::default()).unwrap();
     json["services"][0]["endpoints"][0]["namespace"] = json!("shop");
     json["services"][0]["routes"] = full_route();
+    json["authorization"] = full_authorization();
     let full: ProxyConfig = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(
         serde_json::to_value(&full).unwrap(),
@@ -210,7 +218,21 @@ fn field_lists_match_serde() {
         (redirect, REDIRECT_FIELDS),
         (&filters[2]["url_rewrite"], REWRITE_FIELDS),
     ];
-    for (value, fields) in cases.into_iter().chain(route_cases) {
+    let policy = &json["authorization"]["policies"][0];
+    let policy_rule = &policy["rules"][0];
+    let authorization_cases: [(&Json, &[&str]); 6] = [
+        (&json["authorization"], AUTHORIZATION_FIELDS),
+        (policy, POLICY_FIELDS),
+        (policy_rule, POLICY_RULE_FIELDS),
+        (&policy_rule["from"][0], POLICY_SOURCE_FIELDS),
+        (&policy_rule["to"][0], POLICY_OPERATION_FIELDS),
+        (&policy_rule["when"][0], POLICY_CONDITION_FIELDS),
+    ];
+    for (value, fields) in cases
+        .into_iter()
+        .chain(route_cases)
+        .chain(authorization_cases)
+    {
         let mut want: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
         let mut got = keys(value);
         want.sort();
@@ -270,6 +292,15 @@ fn field_lists_match_serde() {
             PathModifier::ReplaceFullPath(_) | PathModifier::ReplacePrefixMatch(_) => {}
         }
     }
+    fn _exhaustive_authorization(a: PolicyAction) {
+        match a {
+            PolicyAction::Allow | PolicyAction::Deny => {}
+        }
+    }
+    assert_eq!(POLICY_ACTIONS.len(), 2);
+    for (name, a) in POLICY_ACTIONS {
+        assert_eq!(serde_json::to_value(a).unwrap(), json!(name));
+    }
     assert_eq!(PATH_MATCH_KINDS.len(), 3);
     assert_eq!(VALUE_MATCH_KINDS.len(), 2);
     for (name, k) in PATH_MATCH_KINDS {
@@ -278,6 +309,39 @@ fn field_lists_match_serde() {
     for (name, k) in VALUE_MATCH_KINDS {
         assert_eq!(serde_json::to_value(k).unwrap(), json!(name));
     }
+}
+
+/// An authorization section with every field given.
+fn full_authorization() -> Json {
+    json!({
+        "policies": [{
+            "name": "shop/reviews",
+            "action": "allow",
+            "rules": [{
+                "from": [{
+                    "principals": ["spiffe://cluster.local/ns/shop/sa/frontend"],
+                    "not_principals": ["*/sa/legacy"],
+                    "namespaces": ["shop"],
+                    "not_namespaces": ["test*"],
+                    "ip_blocks": ["10.0.0.0/8"],
+                    "not_ip_blocks": ["10.9.0.1/32"],
+                }],
+                "to": [{
+                    "methods": ["GET"],
+                    "not_methods": ["DELETE"],
+                    "paths": ["/api/*"],
+                    "not_paths": ["/api/admin"],
+                    "ports": [8080],
+                    "not_ports": [9090],
+                }],
+                "when": [{
+                    "key": "request.headers[x-user]",
+                    "values": ["alice"],
+                    "not_values": ["mallory"],
+                }],
+            }],
+        }],
+    })
 }
 
 /// A route with every field given (and a second rule for the redirect, which cannot share a
@@ -1085,4 +1149,158 @@ app: { ports: [ { port: 80, protocol: http, mtls: disable } ] }
         ok.identity.unwrap().cert_ttl,
         std::time::Duration::from_secs(86400)
     );
+}
+
+#[test]
+fn authorization_loads_and_is_left_out_when_empty() {
+    let config = load_ok(
+        "\
+node: { name: a }
+authorization:
+  policies:
+    - name: shop/allow
+      action: allow
+      rules:
+        - from: [{ principals: [\"spiffe://cluster.local/ns/shop/sa/web\", \"*/sa/b\"], ip_blocks: [10.0.0.0/8] }]
+          to: [{ paths: [/api/*], ports: [8080] }]
+          when: [{ key: destination.port, values: [\"8080\"] }]
+    - action: deny
+",
+    );
+    let policies = &config.authorization.policies;
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies[0].action, PolicyAction::Allow);
+    let rule = &policies[0].rules[0];
+    assert_eq!(rule.from[0].ip_blocks[0].to_string(), "10.0.0.0/8");
+    assert_eq!(rule.to[0].ports, [8080]);
+    assert_eq!(rule.when[0].values, ["8080"]);
+    assert_eq!(policies[1].name, "");
+    assert!(policies[1].rules.is_empty());
+    let json = serde_json::to_value(&config).unwrap();
+    assert_eq!(
+        json["authorization"]["policies"][1],
+        json!({ "name": "", "action": "deny", "rules": [] })
+    );
+    assert_eq!(
+        json["authorization"]["policies"][0]["rules"][0]["from"][0],
+        json!({
+            "principals": ["spiffe://cluster.local/ns/shop/sa/web", "*/sa/b"],
+            "ip_blocks": ["10.0.0.0/8"],
+        }),
+        "empty lists are left out"
+    );
+
+    // Without policies, the config serializes as it did before authorization existed.
+    let json = serde_json::to_value(load_ok(EXAMPLE)).unwrap();
+    assert!(json.get("authorization").is_none(), "{json}");
+}
+
+#[test]
+fn authorization_mistakes_are_reported_with_line_and_field() {
+    let errors = load_err(
+        "\
+node: { name: a }
+authorization:
+  policies:
+    - action: audit
+    - action: allow
+      rules:
+        - from: [{ principals: [cluster.local/ns/a/sa/b], ip_blocks: [10.0.0.0/33], peers: [] }]
+          to: [{ methods: [\"GE T\"], ports: [\"80\", 0] }]
+          when:
+            - { key: source.ips, values: [a] }
+            - { key: connection.sni, values: [a] }
+            - { key: \"request.headers[x y]\", values: [a] }
+            - { key: source.ip, not_values: [nowhere] }
+            - { key: source.principal, values: [cluster.local/ns/a/sa/b] }
+            - { key: destination.port }
+    - rules: []
+",
+    );
+    assert_error(
+        &errors,
+        4,
+        "authorization.policies[0].action",
+        "\"audit\" is not an action",
+    );
+    let rule = "authorization.policies[1].rules[0]";
+    assert_error(
+        &errors,
+        7,
+        &format!("{rule}.from[0].principals[0]"),
+        "write spiffe://cluster.local/ns/a/sa/b",
+    );
+    assert_error(
+        &errors,
+        7,
+        &format!("{rule}.from[0].ip_blocks[0]"),
+        "not an IP address or CIDR block",
+    );
+    assert_error(
+        &errors,
+        7,
+        &format!("{rule}.from[0].peers"),
+        "unknown field",
+    );
+    assert_error(
+        &errors,
+        8,
+        &format!("{rule}.to[0].methods[0]"),
+        "is not an HTTP method",
+    );
+    assert_error(
+        &errors,
+        8,
+        &format!("{rule}.to[0].ports[0]"),
+        "remove the quotes",
+    );
+    assert_error(
+        &errors,
+        8,
+        &format!("{rule}.to[0].ports[1]"),
+        "0 is not a port",
+    );
+    assert_error(
+        &errors,
+        10,
+        &format!("{rule}.when[0].key"),
+        "\"source.ips\" is not an attribute the proxy knows",
+    );
+    assert_error(
+        &errors,
+        11,
+        &format!("{rule}.when[1].key"),
+        "Trellis does not evaluate",
+    );
+    assert_error(
+        &errors,
+        12,
+        &format!("{rule}.when[2].key"),
+        "\"x y\" is not a header name",
+    );
+    assert_error(
+        &errors,
+        13,
+        &format!("{rule}.when[3].not_values[0]"),
+        "not an IP address or CIDR block",
+    );
+    assert_error(
+        &errors,
+        14,
+        &format!("{rule}.when[4].values[0]"),
+        "is not a SPIFFE ID",
+    );
+    assert_error(
+        &errors,
+        15,
+        &format!("{rule}.when[5]"),
+        "needs values or not_values",
+    );
+    assert_error(
+        &errors,
+        16,
+        "authorization.policies[2].action",
+        "missing required field \"action\"",
+    );
+    assert_eq!(errors.len(), 14, "{errors:#?}");
 }
