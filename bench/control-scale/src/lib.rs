@@ -65,10 +65,10 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// The `trellis` binary. Default: target/release/trellis (under $CARGO_TARGET_DIR if set).
-    #[arg(long)]
+    #[arg(long, overrides_with = "trellis")]
     pub trellis: Option<PathBuf>,
     /// Where the results go. Default: bench/results.
-    #[arg(long)]
+    #[arg(long, overrides_with = "out")]
     pub out: Option<PathBuf>,
     /// Print the table only; write no results files.
     #[arg(long)]
@@ -318,9 +318,11 @@ async fn measure(params: &Params, work: &Work, args: &Args) -> anyhow::Result<Re
         .filter_map(|c| Some(c.answered - *sync.connected.get(&c.proxy)?))
         .collect();
     let last_ack = sync.configs.iter().map(|c| c.answered).max();
+    let last_received = sync.configs.iter().map(|c| c.received).max();
     let sync = Sync {
         proxies,
         all_connected_s: all_connected.as_secs_f64(),
+        all_received_s: last_received.map_or(0.0, |at| (at - sync_started).as_secs_f64()),
         all_acked_s: last_ack.map_or(0.0, |at| (at - sync_started).as_secs_f64()),
         first_config_ms: Summary::of_durations(&first_config),
         parse_ms: parse_summary(&sync.configs),
@@ -597,7 +599,8 @@ impl Drop for Work {
 
 /// The repository root (this crate is at bench/control-scale).
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 fn default_trellis() -> PathBuf {

@@ -76,6 +76,8 @@ pub struct Sync {
     pub proxies: usize,
     /// From the first connection attempt until every stream is open.
     pub all_connected_s: f64,
+    /// ... until the last proxy has its first config off the wire.
+    pub all_received_s: f64,
     /// ... until the last proxy has ACKed its first config.
     pub all_acked_s: f64,
     /// Per proxy, from its stream opening to its first config answered, in ms.
@@ -276,6 +278,10 @@ impl Report {
         row(
             format!("initial sync: {} streams open", thousands(y.proxies)),
             format!("{:.2} s", y.all_connected_s),
+        );
+        row(
+            "initial sync: last config off the wire".into(),
+            format!("{:.2} s", y.all_received_s),
         );
         row(
             "initial sync: last proxy ACKed".into(),
