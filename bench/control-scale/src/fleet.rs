@@ -194,6 +194,8 @@ async fn stream(
         r#""identity":{{"id":{},"bundle":"/etc/trellis/root-cert.pem","ca":"{control}","join_token_file":"/etc/trellis/token"}},"control":"{control}""#,
         Value::from(spec.id.as_str())
     ));
+    // The config in force and its version: the base of a delta.
+    let mut in_force: Option<(u64, Arc<ProxyConfig>)> = None;
     while let Some(pushed) = inbound.message().await? {
         let Some(control_message::Message::Config(config)) = pushed.message else {
             continue;
@@ -203,17 +205,51 @@ async fn stream(
             version,
             nonce,
             config_json,
+            delta,
         } = config;
-        let bytes = config_json.len();
+        let bytes = match &delta {
+            Some(d) => {
+                d.services_json.iter().map(Vec::len).sum::<usize>()
+                    + d.removed_services.iter().map(String::len).sum::<usize>()
+            }
+            None => config_json.len(),
+        };
         let permit = limits.parse.clone().acquire_owned().await?;
         let (for_parse, owned_sections) = (spec.clone(), owned.clone());
-        let (parse, nack) = tokio::task::spawn_blocking(move || {
+        let base = in_force.clone();
+        let (parse, applied) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let started = Instant::now();
-            let nack = apply(&for_parse, &owned_sections, version, &config_json).err();
-            (started.elapsed(), nack)
+            // A delta applies to the config in force, and the result is validated whole, as
+            // the proxy does (`xds::with_delta`, then `merge`).
+            let json = match delta {
+                None => Ok(config_json),
+                Some(delta) => match base {
+                    Some((v, current)) if v == delta.base_version => {
+                        trellis_model::apply_services_delta(
+                            &current,
+                            &delta.services_json,
+                            &delta.removed_services,
+                        )
+                        .map_err(|e| e.to_string())
+                    }
+                    _ => Err(format!(
+                        "a delta on v{}, but not in force",
+                        delta.base_version
+                    )),
+                },
+            };
+            let applied = json.and_then(|json| apply(&for_parse, &owned_sections, version, &json));
+            (started.elapsed(), applied)
         })
         .await?;
+        let nack = match applied {
+            Ok(config) => {
+                in_force = Some((version, Arc::new(config)));
+                None
+            }
+            Err(reason) => Some(reason),
+        };
         let answer = match &nack {
             None => proxy_message::Message::Ack(Ack { version, nonce }),
             Some(reason) => proxy_message::Message::Nack(Nack {
@@ -238,9 +274,9 @@ async fn stream(
     Ok(())
 }
 
-/// Checks and parses a pushed config as the proxy does (`xds::merge`): the reason to NACK, if
-/// any.
-fn apply(spec: &ProxySpec, owned: &str, version: u64, json: &[u8]) -> Result<(), String> {
+/// Checks and parses a pushed config as the proxy does (`xds::merge`): the config, or the
+/// reason to NACK.
+fn apply(spec: &ProxySpec, owned: &str, version: u64, json: &[u8]) -> Result<ProxyConfig, String> {
     let text = std::str::from_utf8(json).map_err(|e| format!("config_json is not UTF-8: {e}"))?;
     let object: serde_json::Map<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("config_json is not a JSON object: {e}"))?;
@@ -262,7 +298,7 @@ fn apply(spec: &ProxySpec, owned: &str, version: u64, json: &[u8]) -> Result<(),
             config.node.name, config.node.namespace, spec.name, spec.namespace
         ));
     }
-    Ok(())
+    Ok(config)
 }
 
 /// A gRPC channel over our own TLS, as the proxy's `grpc::connect`.

@@ -2,11 +2,13 @@
 //! compiled per-proxy configuration that the control plane pushes (and that
 //! `trellis proxy --config FILE` reads from disk). No I/O lives here: callers hand in text.
 
+mod delta;
 mod duration;
 mod proxy;
 pub mod resources;
 mod validate;
 
+pub use delta::apply_services_delta;
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
     App, AppPort, Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, Endpoint,

@@ -285,33 +285,8 @@ pub(crate) fn with_delta(
             in_force,
         });
     }
-    let not_json = |e: serde_json::Error| Refusal::NotJson(e.to_string());
-    let mut config = serde_json::to_value(current).map_err(not_json)?;
-    let key = |s: &Value| {
-        let ns = s["namespace"].as_str().unwrap_or("default");
-        format!("{ns}/{}", s["name"].as_str().unwrap_or_default())
-    };
-    let mut services: Vec<Value> = match config["services"].take() {
-        Value::Array(services) => services,
-        _ => Vec::new(),
-    };
-    services.retain(|s| !delta.removed_services.contains(&key(s)));
-    for json in &delta.services_json {
-        let service: Value = serde_json::from_slice(json).map_err(not_json)?;
-        let k = key(&service);
-        match services.iter_mut().find(|s| key(s) == k) {
-            Some(slot) => *slot = service,
-            None => services.push(service),
-        }
-    }
-    services.sort_by_cached_key(|s| {
-        (
-            s["namespace"].as_str().unwrap_or("default").to_owned(),
-            s["name"].as_str().unwrap_or_default().to_owned(),
-        )
-    });
-    config["services"] = Value::Array(services);
-    serde_json::to_vec(&config).map_err(not_json)
+    trellis_model::apply_services_delta(current, &delta.services_json, &delta.removed_services)
+        .map_err(|e| Refusal::NotJson(e.to_string()))
 }
 
 /// Validates a pushed config and merges it with the bootstrap: the push's `app`, `services`,
