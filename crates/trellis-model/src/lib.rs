@@ -9,10 +9,11 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
-    App, AppPort, Endpoint, Header, HeaderModifier, Identity, Ingress, Listeners, MtlsMode, Node,
-    OutboundPolicy, PathMatch, PathMatchKind, PathModifier, Protocol, ProxyConfig, RequestRedirect,
-    Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, Service, ServicePort, Timeouts,
-    UrlRewrite, ValueMatch, ValueMatchKind,
+    App, AppPort, Endpoint, HashOn, Header, HeaderModifier, Identity, Ingress, Limits, Listeners,
+    LoadBalancer, LoadBalancerKind, MtlsMode, Node, OutboundPolicy, OutlierDetection, PathMatch,
+    PathMatchKind, PathModifier, Protocol, ProxyConfig, RequestRedirect, Retries, RetryBudget,
+    RetryOn, Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, Service, ServicePolicy,
+    ServicePort, Timeouts, UrlRewrite, ValueMatch, ValueMatchKind,
 };
 pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

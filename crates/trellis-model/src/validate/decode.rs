@@ -19,6 +19,7 @@ use crate::proxy::{self, App, AppPort, Endpoint, Identity, Ingress, Listeners, M
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
+pub(super) mod policy;
 pub(super) mod route;
 
 pub(super) const ROOT_FIELDS: &[&str] = &[
@@ -62,6 +63,7 @@ pub(super) const SERVICE_FIELDS: &[&str] = &[
     "endpoints",
     "timeouts",
     "routes",
+    "policy",
 ];
 pub(super) const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "target_port"];
 pub(super) const ENDPOINT_FIELDS: &[&str] = &[
@@ -344,6 +346,7 @@ impl Decoder {
             routes: self
                 .optional(&f, "routes", |d, n, p| d.list(n, p, Self::route))
                 .unwrap_or_default(),
+            policy: self.optional(&f, "policy", |d, n, p| Some(d.service_policy(n, p))),
         }
     }
 
