@@ -5,13 +5,26 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use http::HeaderValue;
-use trellis_identity::SpiffeId;
-use trellis_model::{MtlsMode, OutboundPolicy, Protocol, ProxyConfig, Route, Timeouts};
+use std::time::Duration;
 
-use crate::balance::{Balancer, RoundRobin};
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request};
+use tokio::time::Instant;
+use trellis_identity::SpiffeId;
+use trellis_model::{
+    HashOn, MtlsMode, OutboundPolicy, OutlierDetection, Protocol, ProxyConfig, Route, Timeouts,
+};
+
+use crate::balance::{Balancer, Ejector, EndpointStats, Outcome, Pick, hash_bytes};
+use crate::limit::Limiter;
+use crate::retry::{Budget, RetryPolicy};
 use crate::route::{RouteError, RouteTable};
+
+/// The latency a first endpoint set starts from (all equal, so only its scale matters).
+const INITIAL_RTT: Duration = Duration::from_millis(10);
+
+/// A service port: namespace, name, port.
+type PortKey = (String, String, u16);
 
 /// Shared, swappable state.
 #[derive(Debug)]
@@ -36,6 +49,9 @@ pub(crate) struct Snapshot {
     pub(crate) app_address: IpAddr,
     pub(crate) outbound_policy: OutboundPolicy,
     pub(crate) timeouts: Timeouts,
+    /// Every service port's destination, for the next config to take over their load,
+    /// health, budgets and limits.
+    destinations: HashMap<PortKey, Arc<Destination>>,
 }
 
 /// Who this proxy is.
@@ -71,7 +87,13 @@ pub(crate) struct Destination {
     pub(crate) protocol: Protocol,
     pub(crate) endpoints: Vec<EndpointInfo>,
     pub(crate) timeouts: Timeouts,
-    balancer: Box<dyn Balancer>,
+    balancer: Balancer,
+    hash_on: Option<HashOn>,
+    /// Retries (TrafficPolicy), with the service's budget.
+    pub(crate) retries: Option<(RetryPolicy, Arc<Budget>)>,
+    outlier: Option<OutlierDetection>,
+    ejector: Ejector,
+    pub(crate) limiter: Option<Arc<Limiter>>,
 }
 
 /// One endpoint of a destination.
@@ -87,13 +109,15 @@ pub(crate) struct EndpointInfo {
     pub(crate) identity: Option<Arc<SpiffeId>>,
     /// `identity` as a metrics label.
     pub(crate) principal: Arc<str>,
+    /// Load and health, kept across config pushes while the endpoint stays.
+    pub(crate) stats: Arc<EndpointStats>,
 }
 
 impl State {
     /// The state of a first config; it fails only when the config's routes cannot be used.
     pub(crate) fn new(config: ProxyConfig) -> Result<Self, RouteError> {
         Ok(Self {
-            current: ArcSwap::from_pointee(Snapshot::build(config)?),
+            current: ArcSwap::from_pointee(Snapshot::build(config, None)?),
         })
     }
 
@@ -106,20 +130,39 @@ impl State {
     /// tables are built here, once per config; a config whose routes cannot be used is refused
     /// and the one in force stays.
     pub(crate) fn store(&self, config: ProxyConfig) -> Result<(), RouteError> {
-        self.current.store(Arc::new(Snapshot::build(config)?));
+        let previous = self.current.load();
+        self.current
+            .store(Arc::new(Snapshot::build(config, Some(&previous))?));
         Ok(())
     }
 }
 
 impl Snapshot {
-    fn build(config: ProxyConfig) -> Result<Self, RouteError> {
+    fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, RouteError> {
         // Every service port with its endpoints first: routes send requests to them.
         let mut destinations: HashMap<(&str, &str, u16), Arc<Destination>> = HashMap::new();
+        let now = Instant::now();
         for svc in &config.services {
             let fqdn: Arc<str> = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace).into();
             let timeouts = svc.timeouts.unwrap_or(config.timeouts);
+            let policy = svc.policy.clone().unwrap_or_default();
             for port in &svc.ports {
-                let endpoints = svc
+                let before = previous.and_then(|p| {
+                    p.destinations
+                        .get(&(svc.namespace.clone(), svc.name.clone(), port.port))
+                });
+                // Endpoints that stay keep their load and health; new ones start at the
+                // average latency of the set, a neutral cost.
+                let kept: HashMap<SocketAddr, &Arc<EndpointStats>> = before
+                    .map(|d| d.endpoints.iter().map(|e| (e.target, &e.stats)).collect())
+                    .unwrap_or_default();
+                let neutral = if kept.is_empty() {
+                    INITIAL_RTT
+                } else {
+                    let sum: f64 = kept.values().map(|s| s.rtt_ns(now)).sum();
+                    Duration::from_nanos((sum / kept.len() as f64) as u64)
+                };
+                let endpoints: Vec<EndpointInfo> = svc
                     .endpoints
                     .iter()
                     .map(|ep| EndpointInfo {
@@ -133,16 +176,44 @@ impl Snapshot {
                             .and_then(parse_identity)
                             .map(Arc::new),
                         principal: ep.identity.as_deref().unwrap_or("unknown").into(),
+                        stats: kept.get(&ep.target(port)).map_or_else(
+                            || Arc::new(EndpointStats::new(neutral)),
+                            |s| Arc::clone(s),
+                        ),
                     })
                     .collect();
+                let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
+                let lb = &policy.load_balancer;
+                // The budget and limits carry over while their settings stay the same.
+                let retries = policy.retries.as_ref().map(|r| {
+                    let budget = before
+                        .and_then(|d| d.retries.as_ref())
+                        .map(|(_, b)| b)
+                        .filter(|b| *b.config() == r.budget)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Budget::new(r.budget)));
+                    (RetryPolicy::new(r), budget)
+                });
+                let limiter = policy.limits.map(|limits| {
+                    before
+                        .and_then(|d| d.limiter.as_ref())
+                        .filter(|l| *l.limits() == limits)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Limiter::new(limits)))
+                });
                 let dest = Arc::new(Destination {
                     fqdn: fqdn.clone(),
                     service_header: HeaderValue::from_str(&fqdn)
                         .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
                     protocol: port.protocol,
+                    balancer: Balancer::new(lb.kind, &addrs),
+                    hash_on: lb.hash_on.clone(),
                     endpoints,
                     timeouts,
-                    balancer: Box::new(RoundRobin::default()),
+                    retries,
+                    outlier: policy.outlier_detection,
+                    ejector: Ejector::default(),
+                    limiter,
                 });
                 destinations.insert((&svc.namespace, &svc.name, port.port), dest);
             }
@@ -219,6 +290,10 @@ impl Snapshot {
             app_address: config.app.address,
             outbound_policy: config.outbound_policy,
             timeouts: config.timeouts,
+            destinations: destinations
+                .into_iter()
+                .map(|((ns, name, port), d)| ((ns.to_string(), name.to_string(), port), d))
+                .collect(),
             config: Arc::new(config),
         })
     }
@@ -266,11 +341,71 @@ impl Snapshot {
 }
 
 impl Destination {
-    /// Pick an endpoint.
-    pub(crate) fn pick(&self) -> Option<&EndpointInfo> {
-        self.balancer
-            .pick(self.endpoints.len())
-            .and_then(|i| self.endpoints.get(i))
+    /// Pick an endpoint for a request with this hash key (see [`Destination::hash_key`]),
+    /// preferring one not in `avoid` (those a retried request already tried).
+    pub(crate) fn pick(
+        &self,
+        hash: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<(usize, &EndpointInfo)> {
+        let i = self.balancer.pick(&self.endpoints, Pick { hash, avoid })?;
+        Some((i, self.endpoints.get(i)?))
+    }
+
+    /// The request's consistent-hash key, when the balancer hashes and the request has one.
+    pub(crate) fn hash_key<B>(&self, req: &Request<B>, client: IpAddr) -> Option<u64> {
+        if !self.balancer.hashing() {
+            return None;
+        }
+        match self.hash_on.as_ref()? {
+            HashOn::Header(name) => {
+                let value = req.headers().get(name.as_str())?;
+                Some(hash_bytes(0, value.as_bytes()))
+            }
+            HashOn::Cookie(name) => {
+                let value = req
+                    .headers()
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|pair| {
+                        let (k, v) = pair.trim().split_once('=')?;
+                        (k == name).then_some(v)
+                    })?;
+                Some(hash_bytes(0, value.as_bytes()))
+            }
+            HashOn::SourceIp => Some(source_hash(client)),
+        }
+    }
+
+    /// A TCP connection's hash key: only the source IP can be had from a connection.
+    pub(crate) fn connection_hash(&self, client: IpAddr) -> Option<u64> {
+        match self.hash_on {
+            Some(HashOn::SourceIp) if self.balancer.hashing() => Some(source_hash(client)),
+            _ => None,
+        }
+    }
+
+    /// How a try to endpoint `i` went (for outlier detection, when the service has it).
+    pub(crate) fn record(&self, i: usize, outcome: Outcome) {
+        if let Some(config) = &self.outlier {
+            self.ejector
+                .record(&self.endpoints, i, outcome, config, Instant::now());
+        }
+    }
+}
+
+impl AsRef<EndpointStats> for EndpointInfo {
+    fn as_ref(&self) -> &EndpointStats {
+        &self.stats
+    }
+}
+
+fn source_hash(client: IpAddr) -> u64 {
+    match client {
+        IpAddr::V4(ip) => hash_bytes(0, &ip.octets()),
+        IpAddr::V6(ip) => hash_bytes(0, &ip.octets()),
     }
 }
 
