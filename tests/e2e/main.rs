@@ -22,6 +22,7 @@ mod metrics;
 mod mtls;
 mod routes;
 mod streaming;
+mod traffic;
 mod transparent;
 mod tunnel;
 mod up;

@@ -387,11 +387,27 @@ impl Destination {
         }
     }
 
-    /// How a try to endpoint `i` went (for outlier detection, when the service has it).
-    pub(crate) fn record(&self, i: usize, outcome: Outcome) {
-        if let Some(config) = &self.outlier {
+    /// How a try to endpoint `i` went, and how long it took: its latency estimate, and
+    /// outlier detection when the service has it. A failure never lowers the estimate, so
+    /// that an endpoint failing fast does not look fast and draw the traffic it fails; nor
+    /// does it raise it beyond what it took, so that it is not starved once it recovers.
+    pub(crate) fn record(&self, i: usize, outcome: Outcome, took: Duration) {
+        let Some(ep) = self.endpoints.get(i) else {
+            return;
+        };
+        let now = Instant::now();
+        let returned = self.outlier.as_ref().is_some_and(|config| {
             self.ejector
-                .record(&self.endpoints, i, outcome, config, Instant::now());
+                .record(&self.endpoints, i, outcome, config, now)
+        });
+        match outcome {
+            // Back from ejection: the penalties of its failures are history.
+            Outcome::Success if returned => ep.stats.reset(took, now),
+            Outcome::Success => ep.stats.observe(took, now),
+            Outcome::Failure => {
+                let estimate = Duration::from_nanos(ep.stats.rtt_ns(now) as u64);
+                ep.stats.observe(took.max(estimate), now);
+            }
         }
     }
 }

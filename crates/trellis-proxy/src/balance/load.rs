@@ -83,6 +83,14 @@ impl EndpointStats {
         }
     }
 
+    /// Start the estimate afresh from `rtt` (an endpoint back from ejection: its failures
+    /// are history).
+    pub fn reset(&self, rtt: Duration, now: Instant) {
+        self.stamp.store(self.since_born(now), Ordering::Relaxed);
+        self.rtt
+            .store((rtt.as_nanos() as f64).to_bits(), Ordering::Relaxed);
+    }
+
     /// A response took `rtt`. Concurrent updates may lose one another: an estimate, not a
     /// ledger.
     pub fn observe(&self, rtt: Duration, now: Instant) {

@@ -90,7 +90,8 @@ impl Outlier {
 }
 
 impl Ejector {
-    /// Record how a try to `endpoints[i]` went, ejecting it if it has now failed too often.
+    /// Record how a try to `endpoints[i]` went, ejecting it if it has now failed too often;
+    /// true when it brought an ejected endpoint back.
     pub(crate) fn record<E: AsRef<EndpointStats>>(
         &self,
         endpoints: &[E],
@@ -98,9 +99,9 @@ impl Ejector {
         outcome: Outcome,
         config: &OutlierDetection,
         now: Instant,
-    ) {
+    ) -> bool {
         let Some(ep) = endpoints.get(i) else {
-            return;
+            return false;
         };
         let o = &ep.as_ref().outlier;
         let t = o.ns(now);
@@ -113,7 +114,9 @@ impl Ejector {
                     o.probing.store(false, Ordering::Release);
                     o.returned.store(t.max(1), Ordering::Relaxed);
                     tracing::info!("endpoint returns after its ejection (probe succeeded)");
+                    return true;
                 }
+                false
             }
             Outcome::Failure => {
                 let until = o.until.load(Ordering::Relaxed);
@@ -125,15 +128,15 @@ impl Ejector {
                         o.probing.store(false, Ordering::Release);
                         tracing::warn!(ejections = n, "endpoint ejected again (probe failed)");
                     }
-                    return;
+                    return false;
                 }
                 let failures = o.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures < config.consecutive_5xx {
-                    return;
+                    return false;
                 }
                 let _decide = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
                 if o.until.load(Ordering::Relaxed) != 0 {
-                    return;
+                    return false;
                 }
                 let ejected = endpoints
                     .iter()
@@ -146,7 +149,7 @@ impl Ejector {
                         allowed,
                         "endpoint not ejected: max_ejection_percent reached"
                     );
-                    return;
+                    return false;
                 }
                 // Healthy intervals since it last returned forgive earlier ejections.
                 let returned = o.returned.load(Ordering::Relaxed);
@@ -167,6 +170,7 @@ impl Ejector {
                     ejections = n,
                     "endpoint ejected (outlier detection)"
                 );
+                false
             }
         }
     }

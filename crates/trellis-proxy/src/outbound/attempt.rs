@@ -126,25 +126,17 @@ impl Outbound {
         let in_flight = ep.stats.start();
         let started = Instant::now();
         let result = self.forward(req, ctx, upstream, snapshot, t).await;
-        let now = Instant::now();
+        let took = started.elapsed();
         drop(in_flight);
-        match &result {
-            Ok(resp) => {
-                ep.stats.observe(now - started, now);
-                let outcome = if resp.status().is_server_error() {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                dest.record(i, outcome);
-            }
-            Err(error) if error.failure().is_some() => {
-                // A failure costs at least a connect timeout: an endpoint that refuses at
-                // once must not look fast.
-                ep.stats.observe((now - started).max(t.connect), now);
-                dest.record(i, Outcome::Failure);
-            }
-            Err(_) => {}
+        let outcome = match &result {
+            Ok(resp) if resp.status().is_server_error() => Some(Outcome::Failure),
+            Ok(_) => Some(Outcome::Success),
+            Err(error) if error.failure().is_some() => Some(Outcome::Failure),
+            // Not the endpoint's doing (a bad request).
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            dest.record(i, outcome, took);
         }
         result
     }
