@@ -156,11 +156,17 @@ impl Snapshot {
                 let kept: HashMap<SocketAddr, &Arc<EndpointStats>> = before
                     .map(|d| d.endpoints.iter().map(|e| (e.target, &e.stats)).collect())
                     .unwrap_or_default();
-                let neutral = if kept.is_empty() {
+                let staying: Vec<f64> = svc
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| kept.get(&ep.target(port)))
+                    .map(|s| s.rtt_ns(now))
+                    .collect();
+                let neutral = if staying.is_empty() {
                     INITIAL_RTT
                 } else {
-                    let sum: f64 = kept.values().map(|s| s.rtt_ns(now)).sum();
-                    Duration::from_nanos((sum / kept.len() as f64) as u64)
+                    let mean = staying.iter().sum::<f64>() / staying.len() as f64;
+                    Duration::from_nanos(mean as u64)
                 };
                 let endpoints: Vec<EndpointInfo> = svc
                     .endpoints
@@ -434,5 +440,61 @@ fn parse_identity(id: &str) -> Option<SpiffeId> {
             tracing::warn!(%error, "endpoint identity ignored; the endpoint is reached in plaintext");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ports: &[u16], policy: &str) -> ProxyConfig {
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{ address: 127.0.0.1, ports: {{ http: {p} }} }}"))
+            .collect();
+        let yaml = format!(
+            "node: {{ name: a }}\nservices:\n  - name: web\n    ports: [ {{ name: http, port: 80, protocol: http }} ]\n    endpoints: [ {} ]\n{policy}",
+            endpoints.join(", ")
+        );
+        ProxyConfig::from_yaml("test.yaml", &yaml).unwrap()
+    }
+
+    fn web(state: &State) -> Arc<Destination> {
+        state.load().by_host("web", 80).unwrap().own.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_that_stay_keep_their_load_across_a_push() {
+        let state = State::new(config(&[1, 2, 3], "")).unwrap();
+        let before = web(&state);
+        before.endpoints[0]
+            .stats
+            .observe(Duration::from_millis(300), Instant::now());
+        let budgeted = "    policy: { retries: { attempts: 1 }, limits: { max_requests: 5 } }\n";
+        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        let after = web(&state);
+        assert!(Arc::ptr_eq(
+            &before.endpoints[0].stats,
+            &after.endpoints[0].stats
+        ));
+        assert!(Arc::ptr_eq(
+            &before.endpoints[2].stats,
+            &after.endpoints[1].stats
+        ));
+        // The new endpoint starts at the set's average: neither favoured nor avoided.
+        let now = Instant::now();
+        let mean =
+            (before.endpoints[0].stats.rtt_ns(now) + before.endpoints[2].stats.rtt_ns(now)) / 2.0;
+        assert!((after.endpoints[2].stats.rtt_ns(now) - mean).abs() < 1.0);
+
+        // The budget and limiter stay while their settings do.
+        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        let again = web(&state);
+        let budget = |d: &Destination| d.retries.as_ref().map(|(_, b)| b.clone()).unwrap();
+        assert!(Arc::ptr_eq(&budget(&after), &budget(&again)));
+        assert!(Arc::ptr_eq(
+            after.limiter.as_ref().unwrap(),
+            again.limiter.as_ref().unwrap()
+        ));
     }
 }
