@@ -23,6 +23,7 @@ mod metrics;
 mod mtls;
 mod routes;
 mod streaming;
+mod traffic;
 mod transparent;
 mod tunnel;
 mod up;

@@ -12,11 +12,12 @@ pub use delta::apply_services_delta;
 pub use duration::{format_duration, parse_duration};
 pub use proxy::{
     App, AppPort, Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, Endpoint,
-    Header, HeaderModifier, Identity, Ingress, IpBlock, Listeners, MtlsMode, Node, OutboundPolicy,
-    PathMatch, PathMatchKind, PathModifier, PolicyAction, PolicyCondition, PolicyOperation,
-    PolicyRule, PolicySource, Protocol, ProxyConfig, RequestRedirect, Route, RouteBackend,
-    RouteFilter, RouteMatch, RouteRule, Service, ServicePort, Timeouts, UrlRewrite, ValueMatch,
-    ValueMatchKind,
+    HashOn, Header, HeaderModifier, Identity, Ingress, IpBlock, Limits, Listeners, LoadBalancer,
+    LoadBalancerKind, MtlsMode, Node, OutboundPolicy, OutlierDetection, PathMatch, PathMatchKind,
+    PathModifier, PolicyAction, PolicyCondition, PolicyOperation, PolicyRule, PolicySource,
+    Protocol, ProxyConfig, RequestRedirect, Retries, RetryBudget, RetryOn, Route, RouteBackend,
+    RouteFilter, RouteMatch, RouteRule, Service, ServicePolicy, ServicePort, Timeouts, UrlRewrite,
+    ValueMatch, ValueMatchKind,
 };
 pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

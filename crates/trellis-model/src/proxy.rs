@@ -11,11 +11,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod authorization;
+pub(crate) mod policy;
 pub(crate) mod route;
 
 pub use authorization::{
     Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, IpBlock, PolicyAction,
     PolicyCondition, PolicyOperation, PolicyRule, PolicySource,
+};
+pub(crate) use policy::RETRY_CONDITIONS;
+pub use policy::{
+    HashOn, Limits, LoadBalancer, LoadBalancerKind, OutlierDetection, Retries, RetryBudget,
+    RetryOn, ServicePolicy,
 };
 pub use route::{
     Header, HeaderModifier, PathMatch, PathMatchKind, PathModifier, RequestRedirect, Route,
@@ -216,6 +222,10 @@ pub struct Service {
     /// answered 404.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// How this proxy balances, retries, ejects and limits requests to the service
+    /// (TrafficPolicy); absent, the defaults of [`ServicePolicy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ServicePolicy>,
 }
 
 /// One port of a service.

@@ -68,6 +68,24 @@ pub enum ProxyError {
     NoBackend { service: String, route: String },
     #[error("RBAC: access denied ({denial})")]
     Denied { denial: crate::authz::Denial },
+    #[error("service {service} is over its limit of {limit} (its traffic policy's limits)")]
+    Overflow {
+        service: String,
+        limit: &'static str,
+    },
+}
+
+/// How a try failed without a response, for retry conditions and outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No connection: refused, timed out, or its handshake failed.
+    Connect,
+    /// The upstream refused the HTTP/2 stream before processing it (always safe to retry).
+    RefusedStream,
+    /// The connection or stream broke before a response.
+    Reset,
+    /// No response within the (per-try) timeout.
+    Timeout,
 }
 
 impl ProxyError {
@@ -91,6 +109,24 @@ impl ProxyError {
             Self::TunnelRefused { status, .. } => *status,
             Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// How a try to an upstream failed; `None` for failures that are not the upstream's.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Connect { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::Handshake { .. }
+            | Self::Tls { .. } => Some(Failure::Connect),
+            Self::Upstream { source, .. } => Some(if refused_stream(source.as_ref()) {
+                Failure::RefusedStream
+            } else {
+                Failure::Reset
+            }),
+            Self::Timeout { .. } => Some(Failure::Timeout),
+            _ => None,
         }
     }
 
@@ -113,6 +149,19 @@ impl ProxyError {
             Self::Upstream { .. } => ResponseFlags::UpstreamConnectionTermination,
             Self::Timeout { .. } => ResponseFlags::UpstreamRequestTimeout,
             Self::Denied { .. } => ResponseFlags::AccessDenied,
+            Self::Overflow { .. } => ResponseFlags::UpstreamOverflow,
         }
     }
+}
+
+/// Did the peer refuse the HTTP/2 stream (`REFUSED_STREAM`): anywhere in the error's causes.
+fn refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = e.source();
+    }
+    false
 }

@@ -33,6 +33,7 @@ use crate::tunnel::{self, relay};
 use routing::Decision;
 use trellis_identity::SpiffeId;
 
+mod attempt;
 mod routing;
 mod tcp;
 
@@ -75,6 +76,8 @@ struct Upstream {
     /// The identity the endpoint's proxy must prove: with it (and an identity of our own) the
     /// mesh connection is mutual TLS.
     identity: Option<Arc<SpiffeId>>,
+    /// Its index in the destination's endpoints (`None` outside the mesh's services).
+    index: Option<usize>,
 }
 
 impl Outbound {
@@ -252,9 +255,30 @@ impl Outbound {
             }
         };
 
-        // 3. An endpoint of the destination; outside the mesh, a captured request goes where
-        //    the app was connecting, whatever its Host header says (it may name anything, even
-        //    this proxy's admin port); a CONNECT names its own target.
+        // The destination's timeouts; a rule's own request timeout, else that of the service
+        // the caller addressed, bounds the exchange.
+        let mut timeouts = dest.as_ref().map_or(snapshot.timeouts, |d| d.timeouts);
+        if let (Some(rule), Some(frontend)) = (rule, &frontend) {
+            timeouts.request = rule.timeout.unwrap_or(frontend.own.timeouts.request);
+        }
+
+        // 3. The destination's limits (503 `UO` over them), then an endpoint: by its
+        //    balancer, on the request's hash key if it hashes; outside the mesh, a captured
+        //    request goes where the app was connecting, whatever its Host header says (it may
+        //    name anything, even this proxy's admin port); a CONNECT names its own target.
+        let _admission = match dest.as_deref() {
+            Some(d) => match admit(d, timeouts).await {
+                Ok(admission) => admission,
+                Err(error) => {
+                    obs.set_service(d.fqdn.clone());
+                    return obs.fail(&error, ctx.version);
+                }
+            },
+            None => None,
+        };
+        let hash = dest
+            .as_deref()
+            .and_then(|d| d.hash_key(&req, ctx.addrs.client.ip()));
         let orig_dst = ctx.orig_dst.filter(|_| req.method() != Method::CONNECT);
         let upstream = match self
             .upstream(
@@ -263,25 +287,15 @@ impl Outbound {
                 (&host, port),
                 orig_dst,
                 ctx.version,
+                hash,
             )
             .await
         {
             Ok(upstream) => upstream,
             Err(error) => return obs.fail(&error, ctx.version),
         };
-        // The destination's timeouts; a rule's own request timeout, else that of the service
-        // the caller addressed, bounds the exchange.
-        let mut timeouts = dest.as_ref().map_or(snapshot.timeouts, |d| d.timeouts);
-        if let (Some(rule), Some(frontend)) = (rule, &frontend) {
-            timeouts.request = rule.timeout.unwrap_or(frontend.own.timeouts.request);
-        }
         match &dest {
-            Some(d) => {
-                if let Some(ep) = d.endpoints.iter().find(|e| e.target == upstream.target) {
-                    let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
-                    obs.set_destination(d, ep, mtls);
-                }
-            }
+            Some(d) => self.set_destination(&mut obs, d, &upstream),
             None => obs.set_upstream(upstream.target),
         }
 
@@ -334,7 +348,22 @@ impl Outbound {
                     req.headers_mut()
                         .insert(TRELLIS_SERVICE, d.service_header.clone());
                 }
-                self.forward(req, ctx, &upstream, &snapshot, timeouts).await
+                // Tries, as the destination's retry policy allows.
+                let (result, last) = self
+                    .send(
+                        req,
+                        ctx,
+                        dest.as_deref(),
+                        upstream,
+                        hash,
+                        &snapshot,
+                        timeouts,
+                    )
+                    .await;
+                if let Some(d) = &dest {
+                    self.set_destination(&mut obs, d, &last);
+                }
+                result
             }
         };
         let result = match (result, rule) {
@@ -347,6 +376,14 @@ impl Outbound {
         obs.respond(result, ctx.version)
     }
 
+    /// Label the request with the endpoint it went to.
+    fn set_destination(&self, obs: &mut RequestObserver, dest: &Destination, upstream: &Upstream) {
+        if let Some(ep) = upstream.index.and_then(|i| dest.endpoints.get(i)) {
+            let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
+            obs.set_destination(dest, ep, mtls);
+        }
+    }
+
     /// Pick the endpoint for a destination; outside the mesh, `orig_dst` when the connection
     /// was captured, else the named host.
     async fn upstream(
@@ -356,18 +393,15 @@ impl Outbound {
         (host, port): (&str, u16),
         orig_dst: Option<SocketAddr>,
         version: Version,
+        hash: Option<u64>,
     ) -> Result<Upstream, ProxyError> {
         if let Some(dest) = dest {
-            let ep = dest.pick().ok_or_else(|| ProxyError::NoEndpoints {
-                service: dest.fqdn.to_string(),
-            })?;
-            let h2 = matches!(dest.protocol, Declared::Http2 | Declared::Grpc);
-            return Ok(Upstream {
-                target: ep.target,
-                mesh: ep.mesh,
-                h2,
-                identity: ep.identity.clone(),
-            });
+            let (i, _) = dest
+                .pick(hash, &[])
+                .ok_or_else(|| ProxyError::NoEndpoints {
+                    service: dest.fqdn.to_string(),
+                })?;
+            return Ok(Upstream::endpoint(dest, i));
         }
         if snapshot.outbound_policy == OutboundPolicy::RegistryOnly {
             return Err(ProxyError::NoRoute {
@@ -384,6 +418,7 @@ impl Outbound {
             mesh: None,
             h2: version == Version::HTTP_2,
             identity: None,
+            index: None,
         })
     }
 
@@ -571,6 +606,42 @@ impl Outbound {
             service,
         )
         .await
+    }
+}
+
+impl Upstream {
+    /// Endpoint `i` of `dest` (an index `dest.pick` returned).
+    fn endpoint(dest: &Destination, i: usize) -> Self {
+        let ep = &dest.endpoints[i];
+        Self {
+            target: ep.target,
+            mesh: ep.mesh,
+            h2: matches!(dest.protocol, Declared::Http2 | Declared::Grpc),
+            identity: ep.identity.clone(),
+            index: Some(i),
+        }
+    }
+}
+
+/// A request's place under its destination's limits; waiting for one (when the limits let it
+/// wait) is bounded by the request timeout.
+async fn admit(
+    dest: &Destination,
+    t: Timeouts,
+) -> Result<Option<crate::limit::Admission>, ProxyError> {
+    let Some(limiter) = &dest.limiter else {
+        return Ok(None);
+    };
+    let admit = limiter.admit(&dest.fqdn);
+    if t.request.is_zero() {
+        return admit.await.map(Some);
+    }
+    match tokio::time::timeout(t.request, admit).await {
+        Ok(admission) => admission.map(Some),
+        Err(_) => Err(ProxyError::Overflow {
+            service: dest.fqdn.to_string(),
+            limit: "max_pending_requests (waited for the request timeout)",
+        }),
     }
 }
 

@@ -5,13 +5,26 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use http::HeaderValue;
-use trellis_identity::SpiffeId;
-use trellis_model::{MtlsMode, OutboundPolicy, Protocol, ProxyConfig, Route, Timeouts};
+use std::time::Duration;
 
-use crate::balance::{Balancer, RoundRobin};
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request};
+use tokio::time::Instant;
+use trellis_identity::SpiffeId;
+use trellis_model::{
+    HashOn, MtlsMode, OutboundPolicy, OutlierDetection, Protocol, ProxyConfig, Route, Timeouts,
+};
+
+use crate::balance::{Balancer, Ejector, EndpointStats, Outcome, Pick, hash_bytes};
+use crate::limit::Limiter;
+use crate::retry::{Budget, RetryPolicy};
 use crate::route::{RouteError, RouteTable};
+
+/// The latency a first endpoint set starts from (all equal, so only its scale matters).
+const INITIAL_RTT: Duration = Duration::from_millis(10);
+
+/// A service port: namespace, name, port.
+type PortKey = (String, String, u16);
 
 /// Shared, swappable state.
 #[derive(Debug)]
@@ -38,6 +51,9 @@ pub(crate) struct Snapshot {
     pub(crate) timeouts: Timeouts,
     /// The inbound authorization policies, compiled.
     pub(crate) authz: crate::authz::Authorizer,
+    /// Every service port's destination, for the next config to take over their load,
+    /// health, budgets and limits.
+    destinations: HashMap<PortKey, Arc<Destination>>,
 }
 
 /// Who this proxy is.
@@ -73,7 +89,13 @@ pub(crate) struct Destination {
     pub(crate) protocol: Protocol,
     pub(crate) endpoints: Vec<EndpointInfo>,
     pub(crate) timeouts: Timeouts,
-    balancer: Box<dyn Balancer>,
+    balancer: Balancer,
+    hash_on: Option<HashOn>,
+    /// Retries (TrafficPolicy), with the service's budget.
+    pub(crate) retries: Option<(RetryPolicy, Arc<Budget>)>,
+    outlier: Option<OutlierDetection>,
+    ejector: Ejector,
+    pub(crate) limiter: Option<Arc<Limiter>>,
 }
 
 /// One endpoint of a destination.
@@ -89,13 +111,15 @@ pub(crate) struct EndpointInfo {
     pub(crate) identity: Option<Arc<SpiffeId>>,
     /// `identity` as a metrics label.
     pub(crate) principal: Arc<str>,
+    /// Load and health, kept across config pushes while the endpoint stays.
+    pub(crate) stats: Arc<EndpointStats>,
 }
 
 impl State {
     /// The state of a first config; it fails only when the config's routes cannot be used.
     pub(crate) fn new(config: ProxyConfig) -> Result<Self, RouteError> {
         Ok(Self {
-            current: ArcSwap::from_pointee(Snapshot::build(config)?),
+            current: ArcSwap::from_pointee(Snapshot::build(config, None)?),
         })
     }
 
@@ -108,20 +132,45 @@ impl State {
     /// tables are built here, once per config; a config whose routes cannot be used is refused
     /// and the one in force stays.
     pub(crate) fn store(&self, config: ProxyConfig) -> Result<(), RouteError> {
-        self.current.store(Arc::new(Snapshot::build(config)?));
+        let previous = self.current.load();
+        self.current
+            .store(Arc::new(Snapshot::build(config, Some(&previous))?));
         Ok(())
     }
 }
 
 impl Snapshot {
-    fn build(config: ProxyConfig) -> Result<Self, RouteError> {
+    fn build(config: ProxyConfig, previous: Option<&Snapshot>) -> Result<Self, RouteError> {
         // Every service port with its endpoints first: routes send requests to them.
         let mut destinations: HashMap<(&str, &str, u16), Arc<Destination>> = HashMap::new();
+        let now = Instant::now();
         for svc in &config.services {
             let fqdn: Arc<str> = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace).into();
             let timeouts = svc.timeouts.unwrap_or(config.timeouts);
+            let policy = svc.policy.clone().unwrap_or_default();
             for port in &svc.ports {
-                let endpoints = svc
+                let before = previous.and_then(|p| {
+                    p.destinations
+                        .get(&(svc.namespace.clone(), svc.name.clone(), port.port))
+                });
+                // Endpoints that stay keep their load and health; new ones start at the
+                // average latency of the set, a neutral cost.
+                let kept: HashMap<SocketAddr, &Arc<EndpointStats>> = before
+                    .map(|d| d.endpoints.iter().map(|e| (e.target, &e.stats)).collect())
+                    .unwrap_or_default();
+                let staying: Vec<f64> = svc
+                    .endpoints
+                    .iter()
+                    .filter_map(|ep| kept.get(&ep.target(port)))
+                    .map(|s| s.rtt_ns(now))
+                    .collect();
+                let neutral = if staying.is_empty() {
+                    INITIAL_RTT
+                } else {
+                    let mean = staying.iter().sum::<f64>() / staying.len() as f64;
+                    Duration::from_nanos(mean as u64)
+                };
+                let endpoints: Vec<EndpointInfo> = svc
                     .endpoints
                     .iter()
                     .map(|ep| EndpointInfo {
@@ -135,16 +184,44 @@ impl Snapshot {
                             .and_then(parse_identity)
                             .map(Arc::new),
                         principal: ep.identity.as_deref().unwrap_or("unknown").into(),
+                        stats: kept.get(&ep.target(port)).map_or_else(
+                            || Arc::new(EndpointStats::new(neutral)),
+                            |s| Arc::clone(s),
+                        ),
                     })
                     .collect();
+                let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.target).collect();
+                let lb = &policy.load_balancer;
+                // The budget and limits carry over while their settings stay the same.
+                let retries = policy.retries.as_ref().map(|r| {
+                    let budget = before
+                        .and_then(|d| d.retries.as_ref())
+                        .map(|(_, b)| b)
+                        .filter(|b| *b.config() == r.budget)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Budget::new(r.budget)));
+                    (RetryPolicy::new(r), budget)
+                });
+                let limiter = policy.limits.map(|limits| {
+                    before
+                        .and_then(|d| d.limiter.as_ref())
+                        .filter(|l| *l.limits() == limits)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Limiter::new(limits)))
+                });
                 let dest = Arc::new(Destination {
                     fqdn: fqdn.clone(),
                     service_header: HeaderValue::from_str(&fqdn)
                         .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
                     protocol: port.protocol,
+                    balancer: Balancer::new(lb.kind, &addrs),
+                    hash_on: lb.hash_on.clone(),
                     endpoints,
                     timeouts,
-                    balancer: Box::new(RoundRobin::default()),
+                    retries,
+                    outlier: policy.outlier_detection,
+                    ejector: Ejector::default(),
+                    limiter,
                 });
                 destinations.insert((&svc.namespace, &svc.name, port.port), dest);
             }
@@ -222,6 +299,10 @@ impl Snapshot {
             outbound_policy: config.outbound_policy,
             timeouts: config.timeouts,
             authz: crate::authz::Authorizer::new(&config.authorization),
+            destinations: destinations
+                .into_iter()
+                .map(|((ns, name, port), d)| ((ns.to_string(), name.to_string(), port), d))
+                .collect(),
             config: Arc::new(config),
         })
     }
@@ -269,11 +350,87 @@ impl Snapshot {
 }
 
 impl Destination {
-    /// Pick an endpoint.
-    pub(crate) fn pick(&self) -> Option<&EndpointInfo> {
-        self.balancer
-            .pick(self.endpoints.len())
-            .and_then(|i| self.endpoints.get(i))
+    /// Pick an endpoint for a request with this hash key (see [`Destination::hash_key`]),
+    /// preferring one not in `avoid` (those a retried request already tried).
+    pub(crate) fn pick(
+        &self,
+        hash: Option<u64>,
+        avoid: &[usize],
+    ) -> Option<(usize, &EndpointInfo)> {
+        let i = self.balancer.pick(&self.endpoints, Pick { hash, avoid })?;
+        Some((i, self.endpoints.get(i)?))
+    }
+
+    /// The request's consistent-hash key, when the balancer hashes and the request has one.
+    pub(crate) fn hash_key<B>(&self, req: &Request<B>, client: IpAddr) -> Option<u64> {
+        if !self.balancer.hashing() {
+            return None;
+        }
+        match self.hash_on.as_ref()? {
+            HashOn::Header(name) => {
+                let value = req.headers().get(name.as_str())?;
+                Some(hash_bytes(0, value.as_bytes()))
+            }
+            HashOn::Cookie(name) => {
+                let value = req
+                    .headers()
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|pair| {
+                        let (k, v) = pair.trim().split_once('=')?;
+                        (k == name).then_some(v)
+                    })?;
+                Some(hash_bytes(0, value.as_bytes()))
+            }
+            HashOn::SourceIp => Some(source_hash(client)),
+        }
+    }
+
+    /// A TCP connection's hash key: only the source IP can be had from a connection.
+    pub(crate) fn connection_hash(&self, client: IpAddr) -> Option<u64> {
+        match self.hash_on {
+            Some(HashOn::SourceIp) if self.balancer.hashing() => Some(source_hash(client)),
+            _ => None,
+        }
+    }
+
+    /// How a try to endpoint `i` went, and how long it took: its latency estimate, and
+    /// outlier detection when the service has it. A failure never lowers the estimate, so
+    /// that an endpoint failing fast does not look fast and draw the traffic it fails; nor
+    /// does it raise it beyond what it took, so that it is not starved once it recovers.
+    pub(crate) fn record(&self, i: usize, outcome: Outcome, took: Duration) {
+        let Some(ep) = self.endpoints.get(i) else {
+            return;
+        };
+        let now = Instant::now();
+        let returned = self.outlier.as_ref().is_some_and(|config| {
+            self.ejector
+                .record(&self.endpoints, i, outcome, config, now)
+        });
+        match outcome {
+            // Back from ejection: the penalties of its failures are history.
+            Outcome::Success if returned => ep.stats.reset(took, now),
+            Outcome::Success => ep.stats.observe(took, now),
+            Outcome::Failure => {
+                let estimate = Duration::from_nanos(ep.stats.rtt_ns(now) as u64);
+                ep.stats.observe(took.max(estimate), now);
+            }
+        }
+    }
+}
+
+impl AsRef<EndpointStats> for EndpointInfo {
+    fn as_ref(&self) -> &EndpointStats {
+        &self.stats
+    }
+}
+
+fn source_hash(client: IpAddr) -> u64 {
+    match client {
+        IpAddr::V4(ip) => hash_bytes(0, &ip.octets()),
+        IpAddr::V6(ip) => hash_bytes(0, &ip.octets()),
     }
 }
 
@@ -286,5 +443,61 @@ fn parse_identity(id: &str) -> Option<SpiffeId> {
             tracing::warn!(%error, "endpoint identity ignored; the endpoint is reached in plaintext");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ports: &[u16], policy: &str) -> ProxyConfig {
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{ address: 127.0.0.1, ports: {{ http: {p} }} }}"))
+            .collect();
+        let yaml = format!(
+            "node: {{ name: a }}\nservices:\n  - name: web\n    ports: [ {{ name: http, port: 80, protocol: http }} ]\n    endpoints: [ {} ]\n{policy}",
+            endpoints.join(", ")
+        );
+        ProxyConfig::from_yaml("test.yaml", &yaml).unwrap()
+    }
+
+    fn web(state: &State) -> Arc<Destination> {
+        state.load().by_host("web", 80).unwrap().own.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endpoints_that_stay_keep_their_load_across_a_push() {
+        let state = State::new(config(&[1, 2, 3], "")).unwrap();
+        let before = web(&state);
+        before.endpoints[0]
+            .stats
+            .observe(Duration::from_millis(300), Instant::now());
+        let budgeted = "    policy: { retries: { attempts: 1 }, limits: { max_requests: 5 } }\n";
+        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        let after = web(&state);
+        assert!(Arc::ptr_eq(
+            &before.endpoints[0].stats,
+            &after.endpoints[0].stats
+        ));
+        assert!(Arc::ptr_eq(
+            &before.endpoints[2].stats,
+            &after.endpoints[1].stats
+        ));
+        // The new endpoint starts at the set's average: neither favoured nor avoided.
+        let now = Instant::now();
+        let mean =
+            (before.endpoints[0].stats.rtt_ns(now) + before.endpoints[2].stats.rtt_ns(now)) / 2.0;
+        assert!((after.endpoints[2].stats.rtt_ns(now) - mean).abs() < 1.0);
+
+        // The budget and limiter stay while their settings do.
+        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        let again = web(&state);
+        let budget = |d: &Destination| d.retries.as_ref().map(|(_, b)| b.clone()).unwrap();
+        assert!(Arc::ptr_eq(&budget(&after), &budget(&again)));
+        assert!(Arc::ptr_eq(
+            after.limiter.as_ref().unwrap(),
+            again.limiter.as_ref().unwrap()
+        ));
     }
 }

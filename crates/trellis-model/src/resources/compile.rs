@@ -10,9 +10,12 @@
 //! AuthorizationPolicies that apply to it (mesh-wide, namespace-wide and selecting ones, see
 //! [`authorization`]).
 //!
+//! A TrafficPolicy's load balancer, retries, outlier detection and connection limits become
+//! the Service's `policy`.
+//!
 //! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; route
-//! mirrors and the rest of TrafficPolicy wait for the proxy config to carry them. A proxy sees
-//! the Services exported to its namespace (`exportTo`, all by default).
+//! mirrors wait for the proxy config to carry them. A proxy sees the Services exported to its
+//! namespace (`exportTo`, all by default).
 //!
 //! [`Compiler`] does the work shared by every proxy (selectors, endpoints, producer routes)
 //! once per set of resources, so that each proxy costs a copy of the Services plus its
@@ -334,6 +337,90 @@ fn service(
         endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
         timeouts,
         routes: Vec::new(),
+        policy: policy.and_then(|p| service_policy(&p.spec)),
+    }
+}
+
+/// The proxy's form of a TrafficPolicy's load balancer, retries, outlier detection and
+/// connection limits; `None` when it sets none of them (only timeouts).
+fn service_policy(spec: &TrafficPolicySpec) -> Option<proxy::ServicePolicy> {
+    use super::traffic;
+    if spec.load_balancer.is_none()
+        && spec.retries.is_none()
+        && spec.outlier_detection.is_none()
+        && spec.connection_limits.is_none()
+    {
+        return None;
+    }
+    let load_balancer = spec
+        .load_balancer
+        .as_ref()
+        .map(|lb| proxy::LoadBalancer {
+            kind: match lb.kind {
+                traffic::LoadBalancerKind::RoundRobin => proxy::LoadBalancerKind::RoundRobin,
+                traffic::LoadBalancerKind::LeastRequest => proxy::LoadBalancerKind::LeastRequest,
+                traffic::LoadBalancerKind::RingHash => proxy::LoadBalancerKind::RingHash,
+                traffic::LoadBalancerKind::Maglev => proxy::LoadBalancerKind::Maglev,
+            },
+            hash_on: lb.hash_on.as_ref().map(|h| match h {
+                traffic::HashOn::Header(name) => proxy::HashOn::Header(name.clone()),
+                traffic::HashOn::Cookie(name) => proxy::HashOn::Cookie(name.clone()),
+                traffic::HashOn::SourceIp => proxy::HashOn::SourceIp,
+            }),
+        })
+        .unwrap_or_default();
+    let retries = spec.retries.as_ref().map(|r| proxy::Retries {
+        attempts: r.attempts,
+        on: r.on.iter().map(|on| retry_on(*on)).collect(),
+        per_try_timeout: r.per_try_timeout,
+        backoff: crate::proxy::policy::default_backoff(),
+        budget: r
+            .budget
+            .map(|b| proxy::RetryBudget {
+                percent: b.percent,
+                min_retries_per_second: b.min_retries_per_second,
+                ttl: b.ttl,
+            })
+            .unwrap_or_default(),
+    });
+    let outlier_detection = spec.outlier_detection.map(|o| {
+        let default = proxy::OutlierDetection::default();
+        proxy::OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx,
+            interval: o.interval,
+            base_ejection_time: o.base_ejection_time,
+            max_ejection_time: default.max_ejection_time.max(o.base_ejection_time),
+            max_ejection_percent: o.max_ejection_percent,
+        }
+    });
+    let limits = spec.connection_limits.map(|l| proxy::Limits {
+        max_connections: l.max_connections,
+        max_pending_requests: l.max_pending_requests,
+        max_requests: l.max_requests,
+    });
+    Some(proxy::ServicePolicy {
+        load_balancer,
+        retries,
+        outlier_detection,
+        limits,
+    })
+}
+
+fn retry_on(on: super::traffic::RetryOn) -> proxy::RetryOn {
+    use super::traffic::RetryOn as R;
+    match on {
+        R::ServerError => proxy::RetryOn::ServerError,
+        R::GatewayError => proxy::RetryOn::GatewayError,
+        R::Reset => proxy::RetryOn::Reset,
+        R::ConnectFailure => proxy::RetryOn::ConnectFailure,
+        R::RefusedStream => proxy::RetryOn::RefusedStream,
+        R::Retriable4xx => proxy::RetryOn::Retriable4xx,
+        R::Cancelled => proxy::RetryOn::Cancelled,
+        R::DeadlineExceeded => proxy::RetryOn::DeadlineExceeded,
+        R::Internal => proxy::RetryOn::Internal,
+        R::ResourceExhausted => proxy::RetryOn::ResourceExhausted,
+        R::Unavailable => proxy::RetryOn::Unavailable,
+        R::Status(code) => proxy::RetryOn::Status(code),
     }
 }
 

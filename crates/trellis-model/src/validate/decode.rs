@@ -20,6 +20,7 @@ use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
 
 pub(super) mod authorization;
+pub(super) mod policy;
 pub(super) mod route;
 
 pub(super) const ROOT_FIELDS: &[&str] = &[
@@ -64,6 +65,7 @@ pub(super) const SERVICE_FIELDS: &[&str] = &[
     "endpoints",
     "timeouts",
     "routes",
+    "policy",
 ];
 pub(super) const SERVICE_PORT_FIELDS: &[&str] = &["name", "port", "protocol", "target_port"];
 pub(super) const ENDPOINT_FIELDS: &[&str] = &[
@@ -349,6 +351,7 @@ impl Decoder {
             routes: self
                 .optional(&f, "routes", |d, n, p| d.list(n, p, Self::route))
                 .unwrap_or_default(),
+            policy: self.optional(&f, "policy", |d, n, p| Some(d.service_policy(n, p))),
         }
     }
 

@@ -7,6 +7,10 @@ use super::decode::authorization::{
     AUTHORIZATION_FIELDS, POLICY_ACTIONS, POLICY_CONDITION_FIELDS, POLICY_FIELDS,
     POLICY_OPERATION_FIELDS, POLICY_RULE_FIELDS, POLICY_SOURCE_FIELDS,
 };
+use super::decode::policy::{
+    BUDGET_FIELDS, HASH_ON_FIELDS, LIMIT_FIELDS, LOAD_BALANCER_FIELDS, OUTLIER_FIELDS,
+    POLICY_FIELDS as SERVICE_POLICY_FIELDS, RETRY_FIELDS,
+};
 use super::decode::route::{
     BACKEND_FIELDS, FILTER_KINDS, HEADER_FIELDS, HEADER_MODIFIER_FIELDS, MATCH_FIELDS,
     PATH_MATCH_FIELDS, PATH_MATCH_KINDS, PATH_MODIFIER_KINDS, REDIRECT_FIELDS, REWRITE_FIELDS,
@@ -173,6 +177,7 @@ fn field_lists_match_serde() {
     json["services"][0]["endpoints"][0]["namespace"] = json!("shop");
     json["services"][0]["routes"] = full_route();
     json["authorization"] = full_authorization();
+    json["services"][0]["policy"] = full_policy();
     let full: ProxyConfig = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(
         serde_json::to_value(&full).unwrap(),
@@ -228,10 +233,20 @@ fn field_lists_match_serde() {
         (&policy_rule["to"][0], POLICY_OPERATION_FIELDS),
         (&policy_rule["when"][0], POLICY_CONDITION_FIELDS),
     ];
+    let service_policy = &service["policy"];
+    let policy_cases: [(&Json, &[&str]); 6] = [
+        (service_policy, SERVICE_POLICY_FIELDS),
+        (&service_policy["load_balancer"], LOAD_BALANCER_FIELDS),
+        (&service_policy["retries"], RETRY_FIELDS),
+        (&service_policy["retries"]["budget"], BUDGET_FIELDS),
+        (&service_policy["outlier_detection"], OUTLIER_FIELDS),
+        (&service_policy["limits"], LIMIT_FIELDS),
+    ];
     for (value, fields) in cases
         .into_iter()
         .chain(route_cases)
         .chain(authorization_cases)
+        .chain(policy_cases)
     {
         let mut want: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
         let mut got = keys(value);
@@ -240,6 +255,22 @@ fn field_lists_match_serde() {
         assert_eq!(got, want);
     }
     // Enums with data: one key each.
+    let mut hash_keys = vec!["header".to_string(), "cookie".to_string()];
+    hash_keys.sort();
+    let mut want_hash: Vec<String> = HASH_ON_FIELDS.iter().map(|k| k.to_string()).collect();
+    want_hash.sort();
+    assert_eq!(hash_keys, want_hash);
+    for (hash_on, key) in [
+        (crate::HashOn::Header("x".into()), Some("header")),
+        (crate::HashOn::Cookie("x".into()), Some("cookie")),
+        (crate::HashOn::SourceIp, None),
+    ] {
+        let value = serde_json::to_value(&hash_on).unwrap();
+        match key {
+            Some(key) => assert_eq!(keys(&value), [key]),
+            None => assert_eq!(value, json!("source_ip")),
+        }
+    }
     let mut kinds: Vec<String> = filters
         .as_array()
         .unwrap()
@@ -1303,4 +1334,112 @@ authorization:
         "missing required field \"action\"",
     );
     assert_eq!(errors.len(), 14, "{errors:#?}");
+}
+
+/// A policy with every field set.
+fn full_policy() -> Json {
+    json!({
+        "load_balancer": { "type": "ring_hash", "hash_on": { "header": "x-user" } },
+        "retries": {
+            "attempts": 2,
+            "on": ["5xx", "503", "unavailable"],
+            "per_try_timeout": "250ms",
+            "backoff": "10ms",
+            "budget": { "percent": 20, "min_retries_per_second": 5, "ttl": "10s" },
+        },
+        "outlier_detection": {
+            "consecutive_5xx": 3,
+            "interval": "10s",
+            "base_ejection_time": "30s",
+            "max_ejection_time": "5m",
+            "max_ejection_percent": 50,
+        },
+        "limits": { "max_connections": 10, "max_pending_requests": 5, "max_requests": 20 },
+    })
+}
+
+fn with_policy(policy: &str) -> String {
+    format!(
+        "\
+node: {{ name: a }}
+services:
+  - name: reviews
+    ports: [{{ name: http, port: 9080, protocol: http }}]
+    policy:
+{policy}"
+    )
+}
+
+#[test]
+fn policy_loads_with_its_defaults() {
+    let config = load_ok(&with_policy(
+        "      load_balancer: { type: maglev, hash_on: source_ip }\n      retries: { attempts: 2 }\n",
+    ));
+    let policy = config.services[0].policy.clone().unwrap();
+    assert_eq!(policy.load_balancer.hash_on, Some(crate::HashOn::SourceIp));
+    let retries = policy.retries.unwrap();
+    assert_eq!(retries.on, crate::proxy::policy::default_retry_on());
+    assert_eq!(retries.budget, crate::RetryBudget::default());
+    assert_eq!(retries.backoff, Duration::from_millis(25));
+    assert_eq!(policy.limits, None);
+}
+
+#[test]
+fn policy_mistakes_are_reported_with_line_and_field() {
+    let errors = load_err(&with_policy(
+        "      load_balancer: { type: ring_hash }
+      retries: { attempts: 11, on: [\"5xx\", teapot], per_try_timeout: 0s }
+      outlier_detection: { consecutive_5xx: 0, base_ejection_time: 1m, max_ejection_time: 10s }
+      limits: { max_requests: 0 }
+",
+    ));
+    let p = "services[0].policy";
+    assert_error(
+        &errors,
+        6,
+        &format!("{p}.load_balancer.type"),
+        "needs hash_on",
+    );
+    assert_error(&errors, 7, &format!("{p}.retries.attempts"), "out of range");
+    assert_error(
+        &errors,
+        7,
+        &format!("{p}.retries.on[1]"),
+        "not a retry condition",
+    );
+    assert_error(
+        &errors,
+        7,
+        &format!("{p}.retries.per_try_timeout"),
+        "more than 0s",
+    );
+    let od = format!("{p}.outlier_detection");
+    assert_error(&errors, 8, &format!("{od}.consecutive_5xx"), "at least 1");
+    assert_error(
+        &errors,
+        8,
+        &format!("{od}.max_ejection_time"),
+        "shorter than",
+    );
+    assert_error(
+        &errors,
+        9,
+        &format!("{p}.limits.max_requests"),
+        "at least 1",
+    );
+    let errors = load_err(&with_policy(
+        "      load_balancer: { type: round_robin, hash_on: { header: x, cookie: y } }\n",
+    ));
+    assert_error(
+        &errors,
+        6,
+        &format!("{p}.load_balancer.hash_on"),
+        "exactly one",
+    );
+    assert_error(
+        &errors,
+        6,
+        &format!("{p}.load_balancer.hash_on"),
+        "only to the ring_hash",
+    );
 }

@@ -29,8 +29,8 @@ impl Outbound {
         // Routes are for HTTP: a TCP connection goes to the service it addressed.
         let dest = snapshot.by_addr(dst).map(|f| &f.own);
         let (target, mesh, identity) = match dest {
-            Some(d) => match d.pick() {
-                Some(ep) => {
+            Some(d) => match d.pick(d.connection_hash(addrs.client.ip()), &[]) {
+                Some((_, ep)) => {
                     let mtls = self.upstreams.connector.uses_tls(ep.identity.as_deref());
                     obs.set_destination(d, ep, mtls);
                     (ep.target, ep.mesh, ep.identity.clone())
@@ -57,6 +57,7 @@ impl Outbound {
             mesh,
             h2: false,
             identity,
+            index: None,
         };
         match self
             .open_tunnel(&upstream, dest.map(|d| &**d), snapshot, t)

@@ -203,6 +203,54 @@ fn traffic_policy_timeouts_override_the_defaults() {
 }
 
 #[test]
+fn traffic_policy_becomes_the_service_policy() {
+    let r = resources(
+        "\
+apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: { name: web, namespace: shop }
+spec:
+  targetRef: { kind: Service, name: web }
+  loadBalancer: { type: maglev, hashOn: { header: x-user } }
+  retries:
+    attempts: 2
+    on: [5xx, \"409\"]
+    perTryTimeout: 500ms
+    budget: { percent: 10, minRetriesPerSecond: 3 }
+  outlierDetection: { consecutive5xx: 3, baseEjectionTime: 10s, maxEjectionPercent: 50 }
+  connectionLimits: { maxRequests: 100 }
+",
+    );
+    let config = proxy(&r, "web", "shop");
+    let policy = service(&config, "web").policy.clone().expect("a policy");
+    assert_eq!(policy.load_balancer.kind, proxy::LoadBalancerKind::Maglev);
+    assert_eq!(
+        policy.load_balancer.hash_on,
+        Some(proxy::HashOn::Header("x-user".into()))
+    );
+    let retries = policy.retries.expect("retries");
+    assert_eq!(retries.attempts, 2);
+    assert_eq!(
+        retries.on,
+        [proxy::RetryOn::ServerError, proxy::RetryOn::Status(409)]
+    );
+    assert_eq!(retries.per_try_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(retries.budget.percent, 10);
+    assert_eq!(retries.budget.min_retries_per_second, 3);
+    let od = policy.outlier_detection.expect("outlier detection");
+    assert_eq!(od.consecutive_5xx, 3);
+    assert_eq!(od.base_ejection_time, Duration::from_secs(10));
+    assert_eq!(od.max_ejection_percent, 50);
+    assert_eq!(policy.limits.expect("limits").max_requests, Some(100));
+    // Only timeouts: no policy.
+    assert_eq!(service(&config, "ratings").policy, None);
+    // What the compiler writes, the proxy's loader reads back.
+    let json = serde_json::to_string(&config).expect("serializes");
+    let loaded = ProxyConfig::from_yaml("compiled.json", &json).expect("valid");
+    assert_eq!(loaded, config);
+}
+
+#[test]
 fn peer_authentication_precedence() {
     let mesh_strict = "\
 apiVersion: security.istio.io/v1

@@ -1,0 +1,154 @@
+//! Step 6 of an outbound HTTP request: its tries. Each try goes to an endpoint of the
+//! destination, counted as pending on it while it runs and timed for its latency estimate;
+//! its outcome feeds outlier detection. When the destination retries, a failed try is sent
+//! again — on another endpoint if there is one — if its failure is one the policy names,
+//! tries are left, the body could be kept (64 KiB), the service's retry budget allows it and
+//! the request's deadline is not up, after a jittered exponential backoff.
+
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use trellis_model::Timeouts;
+
+use super::{ConnCtx, Outbound, Upstream};
+use crate::balance::Outcome;
+use crate::error::ProxyError;
+use crate::pool::{Body, empty};
+use crate::retry::Replay;
+use crate::state::{Destination, Snapshot};
+
+impl Outbound {
+    /// Send `req` to `first` and, as the destination's retry policy allows, to other endpoints;
+    /// the result of the last try, and where it went.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &self,
+        req: Request<Body>,
+        ctx: ConnCtx,
+        dest: Option<&Destination>,
+        first: Upstream,
+        hash: Option<u64>,
+        snapshot: &Snapshot,
+        t: Timeouts,
+    ) -> (Result<Response<Incoming>, ProxyError>, Upstream) {
+        let Some(dest) = dest else {
+            return (self.forward(req, ctx, &first, snapshot, t).await, first);
+        };
+        let retries = dest.retries.as_ref().filter(|(p, _)| p.attempts > 0);
+        let Some((policy, budget)) = retries else {
+            let result = self.try_once(req, ctx, dest, &first, snapshot, t).await;
+            return (result, first);
+        };
+        budget.deposit();
+        let deadline = (!t.request.is_zero()).then(|| Instant::now() + t.request);
+        let (parts, body) = req.into_parts();
+        // A body that is already over (GET) needs no keeping.
+        let replay = (!http_body::Body::is_end_stream(&body)).then(|| Replay::new(body));
+        let mut upstream = first;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retry = 0;
+        loop {
+            // Each try gets the per-try timeout, within what is left of the request's.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let mut try_t = t;
+            try_t.request = match (policy.per_try_timeout, left) {
+                (Some(per_try), Some(left)) => per_try.min(left),
+                (Some(per_try), None) => per_try,
+                (None, Some(left)) => left,
+                (None, None) => Duration::ZERO,
+            };
+            let body = replay.as_ref().map_or_else(empty, Replay::body);
+            let req = Request::from_parts(clone_parts(&parts), body);
+            let result = self
+                .try_once(req, ctx, dest, &upstream, snapshot, try_t)
+                .await;
+            tried.extend(upstream.index);
+
+            let failed = match &result {
+                Ok(resp) => policy.retry_response(resp.status(), resp.headers()),
+                Err(error) => policy.retry_error(error),
+            };
+            if !failed || retry >= policy.attempts {
+                return (result, upstream);
+            }
+            if replay.as_ref().is_some_and(|r| !r.replayable()) {
+                tracing::debug!("not retried: the request body is over 64 KiB");
+                return (result, upstream);
+            }
+            let wait = policy.backoff(retry + 1);
+            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return (result, upstream);
+            }
+            if !budget.withdraw() {
+                tracing::debug!(dst.service = %dest.fqdn, "not retried: retry budget exhausted");
+                return (result, upstream);
+            }
+            let Some((next, _)) = dest.pick(hash, &tried) else {
+                return (result, upstream);
+            };
+            retry += 1;
+            tracing::debug!(
+                dst.service = %dest.fqdn,
+                retry,
+                failed = %match &result {
+                    Ok(resp) => resp.status().to_string(),
+                    Err(error) => error.to_string(),
+                },
+                "retrying"
+            );
+            // The failed response goes (its stream is reset) before the wait.
+            drop(result);
+            tokio::time::sleep(wait).await;
+            upstream = Upstream::endpoint(dest, next);
+        }
+    }
+
+    /// One try to an endpoint of `dest`: pending on it while it runs, its latency and
+    /// outcome recorded.
+    async fn try_once(
+        &self,
+        req: Request<Body>,
+        ctx: ConnCtx,
+        dest: &Destination,
+        upstream: &Upstream,
+        snapshot: &Snapshot,
+        t: Timeouts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let Some((i, ep)) = upstream
+            .index
+            .and_then(|i| Some((i, dest.endpoints.get(i)?)))
+        else {
+            return self.forward(req, ctx, upstream, snapshot, t).await;
+        };
+        let in_flight = ep.stats.start();
+        let started = Instant::now();
+        let result = self.forward(req, ctx, upstream, snapshot, t).await;
+        let took = started.elapsed();
+        drop(in_flight);
+        let outcome = match &result {
+            Ok(resp) if resp.status().is_server_error() => Some(Outcome::Failure),
+            Ok(_) => Some(Outcome::Success),
+            Err(error) if error.failure().is_some() => Some(Outcome::Failure),
+            // Not the endpoint's doing (a bad request).
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            dest.record(i, outcome, took);
+        }
+        result
+    }
+}
+
+/// A copy of a request's head for another try (extensions are not carried: the forward path
+/// uses none).
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}

@@ -1,0 +1,153 @@
+//! Retries: which failures are retried, how long to wait between tries, the budget that
+//! keeps retries from amplifying an outage ([`budget`]), and the request body kept for
+//! replay ([`replay`]). The loop itself is `outbound/attempt.rs`.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use trellis_model::{Retries, RetryOn};
+
+use crate::error::{Failure, ProxyError};
+
+pub(crate) mod budget;
+pub(crate) mod replay;
+
+pub(crate) use budget::Budget;
+pub(crate) use replay::Replay;
+
+/// A service's retry policy, compiled for the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// Retries after the first try.
+    pub(crate) attempts: u32,
+    pub(crate) per_try_timeout: Option<Duration>,
+    backoff: Duration,
+    on: Vec<RetryOn>,
+}
+
+impl RetryPolicy {
+    pub(crate) fn new(r: &Retries) -> Self {
+        Self {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout,
+            backoff: r.backoff,
+            on: r.on.clone(),
+        }
+    }
+
+    /// Is a try that got this response worth retrying?
+    pub(crate) fn retry_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        let code = status.as_u16();
+        let grpc = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u8>().ok());
+        self.on.iter().any(|on| match on {
+            RetryOn::ServerError => status.is_server_error(),
+            RetryOn::GatewayError => matches!(code, 502..=504),
+            RetryOn::Retriable4xx => code == 409,
+            RetryOn::Status(s) => *s == code,
+            RetryOn::Cancelled => grpc == Some(1),
+            RetryOn::DeadlineExceeded => grpc == Some(4),
+            RetryOn::ResourceExhausted => grpc == Some(8),
+            RetryOn::Internal => grpc == Some(13),
+            RetryOn::Unavailable => grpc == Some(14),
+            RetryOn::Reset | RetryOn::ConnectFailure | RetryOn::RefusedStream => false,
+        })
+    }
+
+    /// Is a try that failed with this error worth retrying?
+    pub(crate) fn retry_error(&self, error: &ProxyError) -> bool {
+        let Some(failure) = error.failure() else {
+            return false;
+        };
+        self.on.iter().any(|on| match on {
+            // Envoy's 5xx covers every try that got no response.
+            RetryOn::ServerError => true,
+            RetryOn::GatewayError => {
+                matches!(failure, Failure::Connect | Failure::Timeout)
+            }
+            RetryOn::Reset => matches!(failure, Failure::Reset | Failure::RefusedStream),
+            RetryOn::ConnectFailure => failure == Failure::Connect,
+            RetryOn::RefusedStream => failure == Failure::RefusedStream,
+            _ => false,
+        })
+    }
+
+    /// The wait before retry `n` (1, 2, ...): full jitter over `backoff × 2^(n-1)`, at most
+    /// ten times `backoff`.
+    pub(crate) fn backoff(&self, n: u32) -> Duration {
+        let cap = self.backoff.saturating_mul(10);
+        let ceiling = self
+            .backoff
+            .saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(cap);
+        let unit = (crate::balance::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ceiling.mul_f64(unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(on: &[RetryOn]) -> RetryPolicy {
+        RetryPolicy::new(&Retries {
+            attempts: 2,
+            on: on.to_vec(),
+            per_try_timeout: None,
+            backoff: Duration::from_millis(25),
+            budget: Default::default(),
+        })
+    }
+
+    #[test]
+    fn conditions_match_statuses_and_grpc_codes() {
+        let none = HeaderMap::new();
+        let p = policy(&[RetryOn::Status(503)]);
+        assert!(p.retry_response(StatusCode::SERVICE_UNAVAILABLE, &none));
+        assert!(!p.retry_response(StatusCode::BAD_GATEWAY, &none));
+        let p = policy(&[RetryOn::GatewayError]);
+        assert!(p.retry_response(StatusCode::GATEWAY_TIMEOUT, &none));
+        assert!(!p.retry_response(StatusCode::INTERNAL_SERVER_ERROR, &none));
+        let p = policy(&[RetryOn::ServerError]);
+        assert!(p.retry_response(StatusCode::INTERNAL_SERVER_ERROR, &none));
+        assert!(!p.retry_response(StatusCode::NOT_FOUND, &none));
+        let p = policy(&[RetryOn::Unavailable]);
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", "14".parse().unwrap());
+        assert!(p.retry_response(StatusCode::OK, &grpc));
+        grpc.insert("grpc-status", "13".parse().unwrap());
+        assert!(!p.retry_response(StatusCode::OK, &grpc));
+    }
+
+    #[test]
+    fn conditions_match_failures() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let refused = ProxyError::Connect {
+            addr,
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let timeout = ProxyError::Timeout {
+            addr,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(policy(&[RetryOn::ConnectFailure]).retry_error(&refused));
+        assert!(!policy(&[RetryOn::ConnectFailure]).retry_error(&timeout));
+        assert!(policy(&[RetryOn::ServerError]).retry_error(&timeout));
+        assert!(policy(&[RetryOn::GatewayError]).retry_error(&timeout));
+        assert!(!policy(&[RetryOn::Status(503)]).retry_error(&refused));
+        let bad = ProxyError::BadRequest { reason: "x" };
+        assert!(!policy(&[RetryOn::ServerError]).retry_error(&bad));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_ten_times_the_base() {
+        let p = policy(&[]);
+        for _ in 0..100 {
+            assert!(p.backoff(1) <= Duration::from_millis(25));
+            assert!(p.backoff(2) <= Duration::from_millis(50));
+            assert!(p.backoff(9) <= Duration::from_millis(250));
+        }
+    }
+}
