@@ -76,7 +76,7 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
     let control = config.control;
     let bootstrap = Arc::new(config.clone());
     let state = Arc::new(State::new(config)?);
-    let (applied, applied_rx) = watch::channel(None::<u64>);
+    let (applied, _) = watch::channel(None::<u64>);
     let metrics = Metrics::new();
     let (trigger, drain) = trellis_runtime::drain::new();
     let readiness = Readiness::new();
@@ -114,10 +114,12 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
                 admin::response(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode())
             })
             .route("/config_dump", move |_| {
+                // One snapshot: the config and its version always match.
+                let snapshot = state.load();
                 let dump = serde_json::json!({
                     "bound": bound,
-                    "applied_version": *applied_rx.borrow(),
-                    "config": &*state.load().config,
+                    "applied_version": snapshot.version,
+                    "config": &*snapshot.config,
                 });
                 admin::response(StatusCode::OK, "application/json", dump.to_string())
             })

@@ -36,6 +36,9 @@ pub(crate) struct State {
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     pub(crate) config: Arc<ProxyConfig>,
+    /// The control plane's version of this config (None: the config file's), kept with the
+    /// config so that `/config_dump` never shows one with the other's version.
+    pub(crate) version: Option<u64>,
     /// This proxy's own workload, for telemetry.
     pub(crate) node: NodeInfo,
     /// Services by lower-case host name, then port.
@@ -131,10 +134,15 @@ impl State {
     /// Replace the config in force (the control-plane client calls this on a push). Route
     /// tables are built here, once per config; a config whose routes cannot be used is refused
     /// and the one in force stays.
-    pub(crate) fn store(&self, config: ProxyConfig) -> Result<(), RouteError> {
+    pub(crate) fn store(
+        &self,
+        config: ProxyConfig,
+        version: Option<u64>,
+    ) -> Result<(), RouteError> {
         let previous = self.current.load();
-        self.current
-            .store(Arc::new(Snapshot::build(config, Some(&previous))?));
+        let mut snapshot = Snapshot::build(config, Some(&previous))?;
+        snapshot.version = version;
+        self.current.store(Arc::new(snapshot));
         Ok(())
     }
 }
@@ -304,6 +312,7 @@ impl Snapshot {
                 .map(|((ns, name, port), d)| ((ns.to_string(), name.to_string(), port), d))
                 .collect(),
             config: Arc::new(config),
+            version: None,
         })
     }
 
@@ -474,7 +483,7 @@ mod tests {
             .stats
             .observe(Duration::from_millis(300), Instant::now());
         let budgeted = "    policy: { retries: { attempts: 1 }, limits: { max_requests: 5 } }\n";
-        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        state.store(config(&[1, 3, 4], budgeted), None).unwrap();
         let after = web(&state);
         assert!(Arc::ptr_eq(
             &before.endpoints[0].stats,
@@ -491,7 +500,7 @@ mod tests {
         assert!((after.endpoints[2].stats.rtt_ns(now) - mean).abs() < 1.0);
 
         // The budget and limiter stay while their settings do.
-        state.store(config(&[1, 3, 4], budgeted)).unwrap();
+        state.store(config(&[1, 3, 4], budgeted), None).unwrap();
         let again = web(&state);
         let budget = |d: &Destination| d.retries.as_ref().map(|(_, b)| b.clone()).unwrap();
         assert!(Arc::ptr_eq(&budget(&after), &budget(&again)));

@@ -240,7 +240,7 @@ impl Discovery {
         match merged {
             Ok(Merged::Changed(config)) => {
                 let services = config.services.len();
-                if let Err(error) = self.state.store(*config) {
+                if let Err(error) = self.state.store(*config, Some(version)) {
                     let reason = Refusal::Routes(error).to_string();
                     tracing::warn!(version, %reason, "config from the control plane refused (NACK); the config in force stays");
                     return message(proxy_message::Message::Nack(Nack {
@@ -255,6 +255,10 @@ impl Discovery {
             }
             Ok(Merged::Unchanged) => {
                 tracing::debug!(version, "config from the control plane unchanged");
+                // The same config, now under this version (for /config_dump).
+                if let Err(error) = self.state.store((*current).clone(), Some(version)) {
+                    tracing::warn!(version, %error, "cannot record the version of an unchanged config");
+                }
                 self.applied.send_replace(Some(version));
                 message(proxy_message::Message::Ack(Ack { version, nonce }))
             }
