@@ -69,6 +69,16 @@ fn logging_level_changes_at_run_time() {
 
     let back = a.admin_post("/logging?level=info");
     assert_eq!(back.status, 200, "{}", back.text());
+    // Count once the change is in the captured stderr: every line logged before it (the last
+    // request's DEBUG lines, written by other tasks) has been read by then.
+    let changed = wait_until(std::time::Duration::from_secs(5), || {
+        a.stderr().contains("to=info").then_some(())
+    });
+    assert!(
+        changed.is_some(),
+        "no level change logged\n{}",
+        a.diagnostics()
+    );
     let before = debug_lines(&a.stderr());
     good();
     assert_eq!(
