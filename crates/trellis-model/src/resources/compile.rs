@@ -371,7 +371,7 @@ fn service_policy(spec: &TrafficPolicySpec) -> Option<proxy::ServicePolicy> {
         .unwrap_or_default();
     let retries = spec.retries.as_ref().map(|r| proxy::Retries {
         attempts: r.attempts,
-        on: r.on.iter().map(|on| retry_on(*on)).collect(),
+        on: r.on.clone(),
         per_try_timeout: r.per_try_timeout,
         backoff: crate::proxy::policy::default_backoff(),
         budget: r
@@ -404,24 +404,6 @@ fn service_policy(spec: &TrafficPolicySpec) -> Option<proxy::ServicePolicy> {
         outlier_detection,
         limits,
     })
-}
-
-fn retry_on(on: super::traffic::RetryOn) -> proxy::RetryOn {
-    use super::traffic::RetryOn as R;
-    match on {
-        R::ServerError => proxy::RetryOn::ServerError,
-        R::GatewayError => proxy::RetryOn::GatewayError,
-        R::Reset => proxy::RetryOn::Reset,
-        R::ConnectFailure => proxy::RetryOn::ConnectFailure,
-        R::RefusedStream => proxy::RetryOn::RefusedStream,
-        R::Retriable4xx => proxy::RetryOn::Retriable4xx,
-        R::Cancelled => proxy::RetryOn::Cancelled,
-        R::DeadlineExceeded => proxy::RetryOn::DeadlineExceeded,
-        R::Internal => proxy::RetryOn::Internal,
-        R::ResourceExhausted => proxy::RetryOn::ResourceExhausted,
-        R::Unavailable => proxy::RetryOn::Unavailable,
-        R::Status(code) => proxy::RetryOn::Status(code),
-    }
 }
 
 /// A workload as an endpoint of `service`. Outside the mesh (no sidecar) it has no mesh

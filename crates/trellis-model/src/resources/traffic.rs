@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use super::decode::Decoder;
 use super::names::{is_http_token, quoted};
+use crate::proxy::RETRY_CONDITIONS;
+/// A retry condition (Envoy's names): the proxy config's own type, which the compiler passes
+/// through.
+pub use crate::proxy::RetryOn;
 use crate::validate::yaml::Node;
 
 const FIELDS: &[&str] = &[
@@ -37,19 +41,6 @@ const BALANCERS: &[(&str, LoadBalancerKind)] = &[
     ("leastRequest", LoadBalancerKind::LeastRequest),
     ("ringHash", LoadBalancerKind::RingHash),
     ("maglev", LoadBalancerKind::Maglev),
-];
-const RETRY_CONDITIONS: &[(&str, RetryOn)] = &[
-    ("5xx", RetryOn::ServerError),
-    ("gateway-error", RetryOn::GatewayError),
-    ("reset", RetryOn::Reset),
-    ("connect-failure", RetryOn::ConnectFailure),
-    ("refused-stream", RetryOn::RefusedStream),
-    ("retriable-4xx", RetryOn::Retriable4xx),
-    ("cancelled", RetryOn::Cancelled),
-    ("deadline-exceeded", RetryOn::DeadlineExceeded),
-    ("internal", RetryOn::Internal),
-    ("resource-exhausted", RetryOn::ResourceExhausted),
-    ("unavailable", RetryOn::Unavailable),
 ];
 
 /// Most retry attempts a policy may ask for: each one multiplies the load a failing Service sees.
@@ -100,26 +91,6 @@ pub struct Retries {
     /// A limit on each try; absent, the request timeout is the only limit.
     pub per_try_timeout: Option<Duration>,
     pub budget: Option<RetryBudget>,
-}
-
-/// A retry condition (Envoy's names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryOn {
-    /// `5xx`: any 5xx response, or no response.
-    ServerError,
-    GatewayError,
-    Reset,
-    ConnectFailure,
-    RefusedStream,
-    Retriable4xx,
-    /// gRPC status codes.
-    Cancelled,
-    DeadlineExceeded,
-    Internal,
-    ResourceExhausted,
-    Unavailable,
-    /// A response with this HTTP status.
-    Status(u16),
 }
 
 /// Retries may add at most `percent` of the requests on top, plus `min_retries_per_second`,
