@@ -415,3 +415,50 @@ fn assorted_garbage_never_breaks_the_proxy() {
     assert_still_serves(&web);
     // (ProxyProcess fails the test on drop if either proxy panicked.)
 }
+
+#[test]
+fn two_host_headers_get_400() {
+    let web = troubled_chain("allow_any");
+    // h2load with `-H "Host: x"` sends its own `host:` line and then ours: which one is meant?
+    let (_, response) = send_and_read(
+        &web,
+        b"GET / HTTP/1.1\r\nHost: web.test\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        response.status,
+        400,
+        "{}\n{}",
+        response.text(),
+        web.chain.diagnostics()
+    );
+    assert!(
+        response.text().contains("more than one Host header"),
+        "{}",
+        response.text()
+    );
+    assert_still_serves(&web);
+}
+
+#[test]
+fn request_to_the_proxys_own_listener_gets_508_not_a_loop() {
+    let web = troubled_chain("allow_any");
+    // Passthrough to the proxy's own outbound listener would forward the request to itself
+    // for ever (each hop adding to X-Forwarded-For): it is refused at once instead.
+    for own in [web.chain.a.outbound(), web.chain.a.admin()] {
+        let url = format!("http://127.0.0.1:{}/", own.port());
+        let response = http_request(web.chain.a.outbound(), "GET", &url, &[], b"");
+        assert_eq!(
+            response.status,
+            508,
+            "for {url}: {}\n{}",
+            response.text(),
+            web.chain.diagnostics()
+        );
+        assert!(
+            response.text().contains("own listener"),
+            "{}",
+            response.text()
+        );
+    }
+    assert_still_serves(&web);
+}

@@ -168,10 +168,19 @@ pub async fn build(config: ProxyConfig, log: LogHandle) -> Result<Bound, BuildEr
 
     // Connections upstream (peer proxies, apps, passthrough destinations), shared by both sides.
     let upstreams = Arc::new(Upstreams::new(connect_timeout, tls.clone()));
+    let own = [addrs.admin]
+        .into_iter()
+        .chain(addrs.outbound)
+        .chain(addrs.outbound_transparent)
+        .chain(addrs.inbound)
+        .chain(addrs.mesh)
+        .chain(addrs.ingress.iter().copied())
+        .collect();
     let outbound = Arc::new(Outbound::new(
         state.clone(),
         upstreams.clone(),
         metrics.clone(),
+        own,
     ));
     let inbound = Arc::new(Inbound::new(state.clone(), upstreams, metrics.clone(), tls));
 

@@ -68,6 +68,8 @@ pub enum ProxyError {
     NoBackend { service: String, route: String },
     #[error("RBAC: access denied ({denial})")]
     Denied { denial: crate::authz::Denial },
+    #[error("{addr} is this proxy's own listener: forwarding there would loop")]
+    Loop { addr: SocketAddr },
     #[error("service {service} is over its limit of {limit} (its traffic policy's limits)")]
     Overflow {
         service: String,
@@ -93,6 +95,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::BAD_GATEWAY,
+            Self::Loop { .. } => StatusCode::LOOP_DETECTED,
             // The Gateway API's answers: no rule matches, or the rule has nowhere to send it.
             Self::NoRouteMatch { .. } => StatusCode::NOT_FOUND,
             Self::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,6 +137,7 @@ impl ProxyError {
     pub fn flags(&self) -> ResponseFlags {
         match self {
             Self::NoRoute { .. }
+            | Self::Loop { .. }
             | Self::NoRouteMatch { .. }
             | Self::NotAnAppPort { .. }
             | Self::MtlsRequired { .. } => ResponseFlags::NoRouteFound,

@@ -2,8 +2,8 @@
 //! the two proxies use between themselves. Nothing else in a request or response is rewritten.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::net::IpAddr;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -126,30 +126,47 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// A random 128-bit id in UUID v4 text form. Randomness comes from the standard library's
-/// per-process random hasher keys mixed with a counter: unique without a dependency.
+/// A random 128-bit id in UUID v4 text form: a per-process random key mixed with a counter
+/// (SplitMix64's finaliser, a bijection, so ids never repeat within a process), written as hex
+/// without going through `format!` (this runs once per request).
 fn new_request_id() -> HeaderValue {
-    static KEYS: LazyLock<(RandomState, RandomState)> =
-        LazyLock::new(|| (RandomState::new(), RandomState::new()));
+    static KEYS: LazyLock<(u64, u64)> = LazyLock::new(|| {
+        let keys = RandomState::new();
+        (keys.hash_one(1u8), keys.hash_one(2u8))
+    });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut a = KEYS.0.build_hasher();
-    a.write_u64(n);
-    let mut b = KEYS.1.build_hasher();
-    b.write_u64(n);
-    let hi = a.finish();
-    let lo = b.finish();
+    let hi = mix(n ^ KEYS.0);
+    let lo = mix(n.wrapping_add(KEYS.1));
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let text = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        hi >> 32,
-        (hi >> 16) & 0xffff,
-        hi & 0xffff,
-        lo >> 48,
-        lo & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let value = (u128::from(hi) << 64) | u128::from(lo);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 36];
+    let mut nibble = 32;
+    for (i, byte) in text.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *byte = b'-';
+        } else {
+            nibble -= 1;
+            *byte = HEX[((value >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// SplitMix64's output function: a cheap bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A socket address as a header value (`trellis-dst`).
+pub(crate) fn addr_value(addr: SocketAddr) -> HeaderValue {
+    // A socket address is always a valid header value.
+    HeaderValue::from_str(&addr.to_string()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub(crate) struct Outbound {
     state: Arc<State>,
     upstreams: Arc<Upstreams>,
     metrics: Metrics,
+    /// This proxy's own listeners: passthrough never goes there (it would loop).
+    own: Vec<SocketAddr>,
 }
 
 /// Which listener accepted a connection.
@@ -78,15 +80,33 @@ struct Upstream {
     identity: Option<Arc<SpiffeId>>,
     /// Its index in the destination's endpoints (`None` outside the mesh's services).
     index: Option<usize>,
+    /// `target` as a `trellis-dst` value, made once per config (`None` outside the services).
+    dst_header: Option<HeaderValue>,
 }
 
 impl Outbound {
-    pub(crate) fn new(state: Arc<State>, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        upstreams: Arc<Upstreams>,
+        metrics: Metrics,
+        own: Vec<SocketAddr>,
+    ) -> Self {
         Self {
             state,
             upstreams,
             metrics,
+            own,
         }
+    }
+
+    /// Is `addr` one of this proxy's listeners (a listener on `0.0.0.0` is every local address)?
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.own.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip()
+                    || own.ip().is_unspecified()
+                    || (own.ip().is_loopback() && addr.ip().is_loopback()))
+        })
     }
 
     /// Serve one connection accepted by the explicit proxy listener, the transparent capture
@@ -224,6 +244,19 @@ impl Outbound {
         }
 
         // 1. Where is it going? A service port (by address or name), or outside the mesh.
+        //    Two Host headers make that ambiguous: RFC 9112 §3.2 asks for a 400.
+        if req
+            .headers()
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let error = ProxyError::BadRequest {
+                reason: "more than one Host header",
+            };
+            return obs.fail(&error, ctx.version);
+        }
         let Some((host, port)) = authority_of(&req).and_then(|a| split_authority(&a)) else {
             return obs.fail(&ProxyError::NoAuthority, ctx.version);
         };
@@ -413,12 +446,16 @@ impl Outbound {
             Some(dst) => dst,
             None => resolve(host, port).await?,
         };
+        if self.is_own(target) {
+            return Err(ProxyError::Loop { addr: target });
+        }
         Ok(Upstream {
             target,
             mesh: None,
             h2: version == Version::HTTP_2,
             identity: None,
             index: None,
+            dst_header: None,
         })
     }
 
@@ -442,7 +479,9 @@ impl Outbound {
                 // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
                 *req.uri_mut() = absolute(&authority, path)?;
                 let h = req.headers_mut();
-                h.insert(TRELLIS_DST, header_value(upstream.target));
+                let dst = (upstream.dst_header.clone())
+                    .unwrap_or_else(|| headers::addr_value(upstream.target));
+                h.insert(TRELLIS_DST, dst);
                 h.insert(
                     TRELLIS_PROTO,
                     HeaderValue::from_static(if ctx.version == Version::HTTP_2 {
@@ -619,6 +658,7 @@ impl Upstream {
             h2: matches!(dest.protocol, Declared::Http2 | Declared::Grpc),
             identity: ep.identity.clone(),
             index: Some(i),
+            dst_header: Some(ep.dst_header.clone()),
         }
     }
 }
@@ -669,11 +709,6 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
         host: host.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
     })
-}
-
-fn header_value(addr: SocketAddr) -> HeaderValue {
-    // A socket address is always a valid header value.
-    HeaderValue::from_str(&addr.to_string()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Points a request that came in at an ingress at the ingress's service (`host:port`);

@@ -106,6 +106,8 @@ pub(crate) struct Destination {
 pub(crate) struct EndpointInfo {
     /// Where the endpoint's app listens for this port.
     pub(crate) target: SocketAddr,
+    /// `target` as a `trellis-dst` header value.
+    pub(crate) dst_header: http::HeaderValue,
     /// The endpoint's proxy (mesh transport); `None` for endpoints outside the mesh.
     pub(crate) mesh: Option<SocketAddr>,
     pub(crate) workload: Arc<str>,
@@ -183,6 +185,7 @@ impl Snapshot {
                     .iter()
                     .map(|ep| EndpointInfo {
                         target: ep.target(port),
+                        dst_header: crate::headers::addr_value(ep.target(port)),
                         mesh: ep.mesh,
                         workload: ep.workload.as_deref().unwrap_or("unknown").into(),
                         namespace: ep.namespace.as_deref().unwrap_or(&svc.namespace).into(),

@@ -58,6 +58,7 @@ impl Outbound {
             h2: false,
             identity,
             index: None,
+            dst_header: None,
         };
         match self
             .open_tunnel(&upstream, dest.map(|d| &**d), snapshot, t)
