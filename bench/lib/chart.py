@@ -18,7 +18,7 @@ def chart(results, path, title):
     m = by_mode(results)
     modes = [mode for mode in MODES if mode in m]
     fixed = [mode for mode in modes if any("fixed" in r for r in m[mode].values() if ok(r))]
-    rows = [("fixed", f) for f in fixed] + [("max", mode) for mode in modes]
+    rows = [(kind, mode) for mode in modes for kind in ("fixed", "max") if kind == "max" or mode in fixed]
     fig, axes = plt.subplots(len(rows) + 1, 1, figsize=(11, 3.2 * (len(rows) + 1)), squeeze=False)
     axes = [a[0] for a in axes]
     for ax, (kind, mode) in zip(axes, rows):
@@ -60,7 +60,7 @@ def chart(results, path, title):
     ax.legend(fontsize=8, ncols=len(names))
     ax.margins(y=0.25)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
