@@ -13,6 +13,7 @@ def chart(results, path, title):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "matplotlib is not installed (python3 -m pip install matplotlib)"
     m = by_mode(results)
@@ -31,6 +32,7 @@ def chart(results, path, title):
             bars = ax.bar(xs, ys, width, label=name, color=COLORS.get(name))
             ax.bar_label(bars, labels=[f"{y:.2f}" if y == y else "" for y in ys], fontsize=7, padding=1)
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(len(QS)), QS)
         ax.set_ylabel("latency, ms (log)")
         how = ("1,000 req/s fixed rate, open loop" if kind == "fixed"
