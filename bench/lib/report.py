@@ -1,0 +1,155 @@
+"""The Markdown report: the machine, one section per mode (fixed rate, maximum throughput),
+the issue's targets with ✓/✗, and what went wrong."""
+
+MODES = {
+    "l7": "L7: HTTP/1.1 (wrk -t1 -c16, keep-alive, 1 KiB body)",
+    "l4": "L4: opaque TCP, service port declared `tcp` (the same HTTP/1.1 load, the proxies see bytes)",
+    "h2": "HTTP/2, multiplexed (h2load -t1 -c16 -m10, prior knowledge to proxy A)",
+}
+QS = ("p50", "p90", "p99", "p99.9")
+
+# Issue 7: for the netns topology (wrk -t1 -c16 -d10s, 1 KiB, one worker per proxy).
+TARGETS = {"l7_ratio": 0.38, "l4_ratio": 0.45, "p99_ms": 1.0, "cpu_us": 33.0}
+REFERENCE = ("issue 7's reference run (netns): direct 66.5k req/s; nginx pair 31.9 % of direct, p99 1.29 ms, "
+             "46.9 µs CPU/req; haproxy 30.4 %, 1.33 ms, 49.3 µs; ztunnel pair 37.5 %, 1.29 ms, 39.1 µs")
+
+
+def by_mode(results):
+    out = {}
+    for r in results:
+        out.setdefault(r["mode"], {})[r["name"]] = r
+    return out
+
+
+def ok(r):
+    return r is not None and "failed" not in r
+
+
+def ratio(a, b, fmt="{:.2f}"):
+    return fmt.format(a / b) if a is not None and b else "–"
+
+
+def mb(xs):
+    return "/".join(f"{x / 1024:.1f}" for x in xs or []) or "–"
+
+
+def fixed_table(rs):
+    direct = rs.get("direct", {}).get("fixed", {}).get("latency_ms")
+    lines = ["| contender | achieved rps | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p90 | "
+             "added p99 | added p99.9 | added p99 × nginx | × haproxy | RSS at 1,000 rps MB (A/B) |",
+             "|" + "---|" * 14]
+    added = {}
+    for name, r in rs.items():
+        if ok(r) and "fixed" in r and direct:
+            lat = r["fixed"]["latency_ms"]
+            added[name] = {q: lat[q] - direct[q] for q in QS}
+    for name, r in rs.items():
+        if name not in added:
+            continue
+        f, lat, add = r["fixed"], r["fixed"]["latency_ms"], added[name]
+        vs = lambda o: ratio(add["p99"], added[o]["p99"]) if o in added and added[o]["p99"] > 0 and name != "direct" else "–"
+        lines.append(f"| {name} | {f['achieved_rps']:.0f} | {f['errors']} | "
+                     + " | ".join(f"{lat[q]:.3f}" for q in QS) + " | "
+                     + " | ".join(f"{add[q]:.3f}" for q in QS)
+                     + f" | {vs('nginx')} | {vs('haproxy')} | {mb(r.get('rss_1000rps_kib'))} |")
+    return "\n".join(lines)
+
+
+def max_table(rs):
+    direct = rs.get("direct") if ok(rs.get("direct")) else None
+    get = lambda n, k: rs[n][k] if ok(rs.get(n)) else None
+    lines = ["| contender | req/s | × direct | × nginx | × haproxy | p50 ms | p90 ms | p99 ms | p99.9 ms | added p99 ms | "
+             "proxy CPU µs/req | × nginx | proxy cores | errors | RSS idle MB (A/B) | RSS loaded MB (A/B) |",
+             "|" + "---|" * 16]
+    for name, r in rs.items():
+        if not ok(r):
+            lines.append(f"| {name} | failed: {r.get('failed', '?')[:120]} |" + " |" * 14)
+            continue
+        lat = r["latency_ms"]
+        added = lat.get("p99", 0) - direct["latency_ms"].get("p99", 0) if direct else None
+        cpu = r["proxy_cpu_us_per_req"]
+        errors = r["errors"] + r["socket_errors"]
+        lines.append(
+            f"| {name} | {r['rps']:.0f} | {ratio(r['rps'], get('direct', 'rps'))} | {ratio(r['rps'], get('nginx', 'rps'))} | "
+            f"{ratio(r['rps'], get('haproxy', 'rps'))} | " + " | ".join(f"{lat[q]:.3f}" if q in lat else "–" for q in QS)
+            + f" | {'–' if added is None else f'{added:.3f}'} | {cpu:.1f} | "
+            f"{ratio(cpu, get('nginx', 'proxy_cpu_us_per_req')) if cpu else '–'} | {r['proxy_cores']:.2f} | "
+            f"{errors if errors else 0} | {mb(r.get('rss_idle_kib'))} | {mb(r.get('rss_loaded_kib'))} |")
+    return "\n".join(lines)
+
+
+def targets(results, topology):
+    """Issue 7's targets against trellis's figures, with nginx's and haproxy's beside them."""
+    m = by_mode(results)
+    rows = []
+
+    def fig(mode, name, what):
+        r, d = m.get(mode, {}).get(name), m.get(mode, {}).get("direct")
+        if not ok(r):
+            return None
+        if what == "ratio":
+            return r["rps"] / d["rps"] if ok(d) else None
+        if what == "p99":
+            return r["latency_ms"].get("p99")
+        return r["proxy_cpu_us_per_req"]
+
+    def row(label, mode, what, limit, at_least, fmt):
+        t = fig(mode, "trellis", what)
+        if t is None and mode not in m:
+            return
+        mark = "–" if t is None else ("✓" if (t >= limit if at_least else t <= limit) else "✗")
+        show = lambda v: "–" if v is None else fmt(v)
+        rows.append(f"| {label} | {show(t)} | {mark} | {show(fig(mode, 'nginx', what))} | {show(fig(mode, 'haproxy', what))} |")
+
+    pct = lambda v: f"{v:.2f}× ({v * 100:.1f} %)"
+    row(f"L7 throughput ≥ {TARGETS['l7_ratio']}× direct", "l7", "ratio", TARGETS["l7_ratio"], True, pct)
+    row(f"L4 throughput ≥ {TARGETS['l4_ratio']}× direct", "l4", "ratio", TARGETS["l4_ratio"], True, pct)
+    for mode in ("l7", "l4"):
+        row(f"{mode.upper()} p99 ≤ {TARGETS['p99_ms']} ms (wrk, max load)", mode, "p99", TARGETS["p99_ms"], False,
+            lambda v: f"{v:.2f} ms")
+    for mode in ("l7", "l4"):
+        row(f"{mode.upper()} proxy CPU per request (pair) ≤ {TARGETS['cpu_us']:.0f} µs", mode, "cpu",
+            TARGETS["cpu_us"], False, lambda v: f"{v:.1f} µs")
+    if not rows:
+        return ""
+    note = ("" if topology == "netns" else
+            "\nThe targets are set for the netns topology (`bench/run --netns`); on loopback they are indicative only.\n")
+    return ("## Targets (issue 7)\n" + note + "\n| target | trellis | | nginx | haproxy |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + f"\n\nFor comparison, {REFERENCE}.\n")
+
+
+def problems(results):
+    lines = []
+    for r in results:
+        if not ok(r):
+            lines.append(f"- {r['mode']} {r['name']}: failed: {r['failed']}")
+            continue
+        if r.get("errors") or r.get("socket_errors"):
+            lines.append(f"- {r['mode']} {r['name']}: {r['errors']} non-2xx responses and {r['socket_errors']} "
+                         f"socket errors/failed requests under maximum load")
+        if r.get("fixed", {}).get("errors"):
+            lines.append(f"- {r['mode']} {r['name']}: {r['fixed']['errors']} errors at the fixed rate")
+    return ("## Problems seen\n\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def markdown(results, meta, chart_name=None):
+    m = by_mode(results)
+    out = [f"# Trellis benchmark {meta['stamp']} ({meta['topology']})\n",
+           "| | |\n|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in meta["facts"].items()]
+    out.append("")
+    if chart_name:
+        out.append(f"![latency percentiles and throughput per contender]({chart_name})\n")
+    for mode, title in MODES.items():
+        if mode not in m:
+            continue
+        out.append(f"## {title}\n")
+        if any("fixed" in r for r in m[mode].values()):
+            out.append(f"Fixed rate: 1,000 req/s over 16 connections, open loop (trellis-loadgen, coordinated "
+                       f"omission corrected), {meta['fixed_seconds']} s:\n")
+            out.append(fixed_table(m[mode]) + "\n")
+            out.append(f"Maximum throughput, closed loop, {meta['seconds']} s:\n")
+        out.append(max_table(m[mode]) + "\n")
+    out.append(targets(results, meta["topology"]))
+    out.append(problems(results))
+    return "\n".join(s for s in out if s is not None)

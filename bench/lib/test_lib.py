@@ -1,0 +1,90 @@
+"""Cheap checks of the harness without running a benchmark (parsers, report, targets):
+python3 -m unittest discover -s bench/lib -t bench  (./scripts/test runs it; well under a second)."""
+import unittest
+
+from lib import load, report, topology
+
+WRK = """Running 1s test @ http://127.0.0.1:8080/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   220.00us  100.00us   2.00ms   90.00%
+  70000 requests in 1.00s, 80.00MB read
+  Socket errors: connect 0, read 3, write 1, timeout 0
+  Non-2xx or 3xx responses: 5
+Requests/sec:  70000.00
+Transfer/sec:     80.00MB
+percentile 50 210
+percentile 90 240
+percentile 99 427
+percentile 99.9 1900
+"""
+
+H2LOAD = """finished in 2.41s, 8306.59 req/s, 8.46MB/s
+requests: 20000 total, 20010 started, 20000 done, 19990 succeeded, 10 failed, 0 errored, 0 timeout
+status codes: 19990 2xx, 0 3xx, 0 4xx, 10 5xx
+"""
+
+
+def result(name, mode, rps, p99, cpu, fixed=True):
+    r = {"name": name, "mode": mode, "rps": rps, "requests": int(rps * 10), "errors": 0, "socket_errors": 0,
+         "latency_ms": {"p50": p99 / 3, "p90": p99 / 2, "p99": p99, "p99.9": p99 * 2},
+         "proxy_cpu_us_per_req": cpu, "proxy_cores": 1.0, "rss_idle_kib": [8192, 8192], "rss_loaded_kib": [9000, 9000]}
+    if fixed:
+        r["fixed"] = {"achieved_rps": 1000, "errors": 0,
+                      "latency_ms": {"p50": p99 / 4, "p90": p99 / 3, "p99": p99 / 2, "p99.9": p99}}
+        r["rss_1000rps_kib"] = [8500, 8500]
+    return r
+
+
+class Parsers(unittest.TestCase):
+    def test_wrk(self):
+        r = load.parse_wrk(WRK)
+        self.assertEqual((r["rps"], r["requests"], r["errors"], r["socket_errors"]), (70000.0, 70000, 5, 4))
+        self.assertEqual(r["latency_ms"], {"p50": 0.21, "p90": 0.24, "p99": 0.427, "p99.9": 1.9})
+
+    def test_wrk_without_result(self):
+        with self.assertRaises(load.LoadError):
+            load.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+    def test_h2load(self):
+        r = load.parse_h2load(H2LOAD)
+        self.assertEqual((r["rps"], r["requests"], r["errors"], r["socket_errors"]), (8306.59, 19990, 10, 10))
+
+    def test_percentiles(self):
+        p = load.percentiles_ms(list(range(1, 1001)))
+        self.assertEqual((p["p50"], p["p99"], p["p99.9"]), (0.501, 0.991, 1.0))
+        self.assertEqual(load.percentiles_ms([]), {})
+
+
+class Report(unittest.TestCase):
+    def results(self):
+        return [result("direct", "l7", 60000, 0.5, 0.0), result("trellis", "l7", 24000, 0.9, 30.0),
+                result("nginx", "l7", 19000, 1.3, 47.0), {"name": "haproxy", "mode": "l7", "failed": "no answer"},
+                result("direct", "l4", 60000, 0.5, 0.0), result("trellis", "l4", 24000, 1.2, 40.0),
+                result("direct", "h2", 50000, 5.0, 0.0, fixed=False), result("trellis", "h2", 20000, 9.0, 50.0, fixed=False)]
+
+    def test_targets_marked(self):
+        t = report.targets(self.results(), "netns")
+        self.assertIn("| L7 throughput ≥ 0.38× direct | 0.40× (40.0 %) | ✓ | 0.32× (31.7 %) | – |", t)
+        self.assertIn("| L4 throughput ≥ 0.45× direct | 0.40× (40.0 %) | ✗ |", t)
+        self.assertIn("| L7 p99 ≤ 1.0 ms (wrk, max load) | 0.90 ms | ✓ |", t)
+        self.assertIn("| L4 proxy CPU per request (pair) ≤ 33 µs | 40.0 µs | ✗ |", t)
+
+    def test_markdown_has_every_mode_and_the_failure(self):
+        meta = {"stamp": "T", "topology": "loopback", "seconds": 10, "fixed_seconds": 5, "facts": {"machine": "m"}}
+        md = report.markdown(self.results(), meta, "T.png")
+        for needle in ("## L7", "## L4", "## HTTP/2", "![", "| haproxy | failed: no answer", "## Problems seen",
+                       "indicative only"):
+            self.assertIn(needle, md)
+
+
+class Topology(unittest.TestCase):
+    def test_pinning_prefix(self):
+        t = topology.Topology("sides")
+        self.assertEqual(t.place("client").prefix(), ["taskset", "-c", "0"])
+        self.assertEqual(t.place("server").prefix(), ["taskset", "-c", "1"])
+        self.assertEqual(topology.Place("ns").prefix(), ["ip", "netns", "exec", "ns"])
+
+
+if __name__ == "__main__":
+    unittest.main()
