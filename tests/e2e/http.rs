@@ -275,7 +275,7 @@ fn expect_100_continue_upload_gets_continue_and_arrives_whole() {
 }
 
 #[test]
-fn h2_prior_knowledge_arrives_as_http2_at_the_app() {
+fn h2_prior_knowledge_arrives_in_the_ports_declared_protocol() {
     if !require_tool("curl") {
         return;
     }
@@ -302,11 +302,14 @@ fn h2_prior_knowledge_arrives_as_http2_at_the_app() {
         "curl spoke HTTP/2 with proxy A\n{}",
         out.describe()
     );
+    // `web` declares its port `http`: the app gets HTTP/1.1 whatever the client spoke (an
+    // HTTP/1.1-only app must work for HTTP/2 clients); `http2` and `grpc` ports get HTTP/2, and
+    // so does an HTTP/2 request asking for trailers (streaming.rs, grpc.rs).
     let json = out.json();
     assert_eq!(
         json["protocol"],
-        "HTTP/2.0",
-        "the app must see the client's HTTP/2\n{}",
+        "HTTP/1.1",
+        "an `http` port gets HTTP/1.1\n{}",
         out.describe()
     );
     assert_eq!(json["service"], "web");

@@ -331,13 +331,22 @@ impl Inbound {
             Ok(target) => target,
             Err(error) => return obs.fail(&error, Version::HTTP_2),
         };
-        let http1 = req
+        let client_http1 = req
             .headers()
             .get(TRELLIS_PROTO)
             .is_some_and(|v| v == "http1");
-        if http1 {
+        if client_http1 {
             obs.set_client_http1();
         }
+        // The app gets the protocol its port declares (`http2`/`grpc`: HTTP/2 cleartext;
+        // `http`: HTTP/1.1, as Istio does), so an HTTP/2 client can call an HTTP/1.1-only app.
+        // An HTTP/2 request that asks for trailers (`te: trailers`, as every gRPC client does)
+        // stays HTTP/2 on an `http` port: HTTP/1.1 would lose them.
+        let http1 = match snapshot.app_port(target) {
+            Some(Declared::Http2 | Declared::Grpc) => false,
+            Some(Declared::Http) => client_http1 || !wants_trailers(req.headers()),
+            _ => client_http1,
+        };
         headers::strip_internal(req.headers_mut());
         if let Some(id) = req.headers().get(headers::X_REQUEST_ID) {
             obs.set_request_id(id.clone());
@@ -406,6 +415,14 @@ impl Inbound {
         });
         Response::new(empty())
     }
+}
+
+/// Does the client ask for trailers (`te: trailers`)?
+fn wants_trailers(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
 /// What the policies see of an HTTP request for `target`.
