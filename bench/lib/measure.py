@@ -19,6 +19,7 @@ def measure(name, mode, ctx, seconds, fixed_seconds, loadgen):
             raise SetupError(f"does not answer 200 with the 1 KiB body: {warm['raw'].strip()[-400:]}")
         tree = [p for pid in t.pids for p in tree_pids(pid)]
         result["rss_idle_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
+        result["anon_idle_kib"] = [sum(rss_kib(p, "RssAnon") for p in tree_pids(pid)) for pid in t.pids]
         if mode != "h2" and fixed_seconds:
             result["fixed"] = load.fixed_rate(client, loadgen, f"{t.ip}:{t.port}", t.host, fixed_seconds)
             result["rss_1000rps_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
@@ -26,6 +27,7 @@ def measure(name, mode, ctx, seconds, fixed_seconds, loadgen):
         r = closed_loop(mode, client, t, seconds, ctx.work)
         cpu1 = sum(cpu_seconds(p) for p in tree)
         result["rss_loaded_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
+        result["anon_loaded_kib"] = [sum(rss_kib(p, "RssAnon") for p in tree_pids(pid)) for pid in t.pids]
         r.pop("raw", None)
         result.update(r)
         result["proxy_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1) if t.pids else 0.0

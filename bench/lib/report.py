@@ -10,6 +10,8 @@ QS = ("p50", "p90", "p99", "p99.9")
 
 # Issue 7: for the netns topology (wrk -t1 -c16 -d10s, 1 KiB, one worker per proxy).
 TARGETS = {"l7_ratio": 0.38, "l4_ratio": 0.45, "p99_ms": 1.0, "cpu_us": 33.0}
+# Issue 7: for any topology (the L7 two-hop mTLS path).
+TARGETS_ANY = {"added_p99_ms": 0.25, "vs_nginx_rps": 1.2, "rss_idle_mb": 10.0, "rss_1000rps_mb": 20.0}
 REFERENCE = ("issue 7's reference run (netns): direct 66.5k req/s; nginx pair 31.9 % of direct, p99 1.29 ms, "
              "46.9 µs CPU/req; haproxy 30.4 %, 1.33 ms, 49.3 µs; ztunnel pair 37.5 %, 1.29 ms, 39.1 µs")
 
@@ -59,11 +61,12 @@ def max_table(rs):
     direct = rs.get("direct") if ok(rs.get("direct")) else None
     get = lambda n, k: rs[n][k] if ok(rs.get(n)) else None
     lines = ["| contender | req/s | × direct | × nginx | × haproxy | p50 ms | p90 ms | p99 ms | p99.9 ms | added p99 ms | "
-             "proxy CPU µs/req | × nginx | proxy cores | errors | RSS idle MB (A/B) | RSS loaded MB (A/B) |",
-             "|" + "---|" * 16]
+             "proxy CPU µs/req | × nginx | proxy cores | errors | RSS idle MB (A/B) | RSS loaded MB (A/B) | "
+             "private idle MB (A/B) | private loaded MB (A/B) |",
+             "|" + "---|" * 18]
     for name, r in rs.items():
         if not ok(r):
-            lines.append(f"| {name} | failed: {r.get('failed', '?')[:120]} |" + " |" * 14)
+            lines.append(f"| {name} | failed: {r.get('failed', '?')[:120]} |" + " |" * 16)
             continue
         lat = r["latency_ms"]
         added = lat.get("p99", 0) - direct["latency_ms"].get("p99", 0) if direct else None
@@ -74,7 +77,8 @@ def max_table(rs):
             f"{ratio(r['rps'], get('haproxy', 'rps'))} | " + " | ".join(f"{lat[q]:.3f}" if q in lat else "–" for q in QS)
             + f" | {'–' if added is None else f'{added:.3f}'} | {cpu:.1f} | "
             f"{ratio(cpu, get('nginx', 'proxy_cpu_us_per_req')) if cpu else '–'} | {r['proxy_cores']:.2f} | "
-            f"{errors if errors else 0} | {mb(r.get('rss_idle_kib'))} | {mb(r.get('rss_loaded_kib'))} |")
+            f"{errors if errors else 0} | {mb(r.get('rss_idle_kib'))} | {mb(r.get('rss_loaded_kib'))} | "
+            f"{mb(r.get('anon_idle_kib'))} | {mb(r.get('anon_loaded_kib'))} |")
     return "\n".join(lines)
 
 
@@ -91,6 +95,19 @@ def targets(results, topology):
             return r["rps"] / d["rps"] if ok(d) else None
         if what == "p99":
             return r["latency_ms"].get("p99")
+        if what == "added_p99":
+            if "fixed" not in r or not ok(d) or "fixed" not in d:
+                return None
+            return r["fixed"]["latency_ms"]["p99"] - d["fixed"]["latency_ms"]["p99"]
+        if what in ("vs_nginx", "vs_haproxy"):
+            peer = m.get(mode, {}).get(what[3:])
+            return r["rps"] / peer["rps"] if ok(peer) and peer["rps"] else None
+        if what == "cpu_vs_nginx":
+            peer = m.get(mode, {}).get("nginx")
+            return r["proxy_cpu_us_per_req"] / peer["proxy_cpu_us_per_req"] if ok(peer) else None
+        if what in ("rss_idle", "rss_1000rps"):
+            kib = r.get(f"{what}_kib")
+            return max(kib) / 1024 if kib else None
         return r["proxy_cpu_us_per_req"]
 
     def row(label, mode, what, limit, at_least, fmt):
@@ -110,10 +127,24 @@ def targets(results, topology):
     for mode in ("l7", "l4"):
         row(f"{mode.upper()} proxy CPU per request (pair) ≤ {TARGETS['cpu_us']:.0f} µs", mode, "cpu",
             TARGETS["cpu_us"], False, lambda v: f"{v:.1f} µs")
+    ms = lambda v: f"{v:.3f} ms"
+    times = lambda v: f"{v:.2f}×"
+    megabytes = lambda v: f"{v:.1f} MB"
+    row(f"L7 added p99 at 1,000 rps ≤ {TARGETS_ANY['added_p99_ms']} ms, below nginx's and haproxy's", "l7",
+        "added_p99", TARGETS_ANY["added_p99_ms"], False, ms)
+    row(f"L7 maximum throughput ≥ {TARGETS_ANY['vs_nginx_rps']}× nginx", "l7", "vs_nginx",
+        TARGETS_ANY["vs_nginx_rps"], True, times)
+    row("L7 maximum throughput ≥ haproxy", "l7", "vs_haproxy", 1.0, True, times)
+    row("L7 proxy CPU per request ≤ nginx's", "l7", "cpu_vs_nginx", 1.0, False, times)
+    row(f"proxy RSS idle ≤ {TARGETS_ANY['rss_idle_mb']:.0f} MB (the larger of A and B)", "l7", "rss_idle",
+        TARGETS_ANY["rss_idle_mb"], False, megabytes)
+    row(f"proxy RSS at 1,000 rps ≤ {TARGETS_ANY['rss_1000rps_mb']:.0f} MB", "l7", "rss_1000rps",
+        TARGETS_ANY["rss_1000rps_mb"], False, megabytes)
     if not rows:
         return ""
     note = ("" if topology == "netns" else
-            "\nThe targets are set for the netns topology (`bench/run --netns`); on loopback they are indicative only.\n")
+            "\nThe first six targets are set for the netns topology (`bench/run --netns`); on loopback they are "
+            "indicative only. A ratio's nginx and haproxy columns are their own figure against the same peer.\n")
     return ("## Targets (issue 7)\n" + note + "\n| target | trellis | | nginx | haproxy |\n|---|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nFor comparison, {REFERENCE}.\n")
 

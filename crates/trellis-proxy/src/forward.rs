@@ -15,7 +15,7 @@ use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
 use crate::mtls::MeshTls;
-use crate::pool::{Body, Connector, H1Client, H2Pool, h1_client};
+use crate::pool::{Body, Connector, H1Pool, H2Pool};
 
 /// Every upstream connection the proxy holds.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ pub(crate) struct Upstreams {
     /// HTTP/2: peer proxies (mesh transport) and HTTP/2 apps.
     pub(crate) h2: H2Pool,
     /// HTTP/1.1: apps and destinations outside the mesh.
-    pub(crate) h1: H1Client,
+    pub(crate) h1: H1Pool,
 }
 
 impl Upstreams {
@@ -32,8 +32,8 @@ impl Upstreams {
         let connector = Connector::new(tls);
         Self {
             connector: connector.clone(),
-            h2: H2Pool::new(connector),
-            h1: h1_client(connect_timeout),
+            h2: H2Pool::new(connector.clone()),
+            h1: H1Pool::new(connector, connect_timeout),
         }
     }
 
@@ -77,36 +77,17 @@ impl Upstreams {
             }
         }
         *req.version_mut() = Version::HTTP_11;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = absolute(&addr.to_string(), path)?;
-        match with_timeout(addr, request_timeout, self.h1.request(req)).await? {
-            Ok(resp) => Ok(resp),
-            Err(e) if e.is_connect() => Err(ProxyError::Connect {
-                addr,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    connect_reason(&e),
-                ),
-            }),
-            Err(e) => Err(ProxyError::Upstream {
-                addr,
-                source: e.into(),
-            }),
+        // Origin-form on the wire (`/path?query`): the connection already says where.
+        if req.uri().authority().is_some() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
         }
+        with_timeout(addr, request_timeout, self.h1.send(addr, req)).await?
     }
-}
-
-/// The innermost cause of a connect error ("Connection refused (os error 111)").
-fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 async fn with_timeout<F: std::future::Future>(

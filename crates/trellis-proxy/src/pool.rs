@@ -1,6 +1,6 @@
 //! Connections to upstreams: one pooled, multiplexed HTTP/2 connection per address (peer proxies
-//! on the mesh transport, and HTTP/2 apps on the inbound side), and the HTTP/1.1 client for apps
-//! and destinations outside the mesh.
+//! on the mesh transport, and HTTP/2 apps on the inbound side), and pooled HTTP/1.1 connections
+//! to apps and destinations outside the mesh.
 //!
 //! [`Connector`] is the seam the mTLS work wraps: today it opens plain TCP.
 
@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use trellis_identity::SpiffeId;
 
@@ -189,19 +192,223 @@ fn h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
     b
 }
 
-/// The HTTP/1.1 client: for apps behind the inbound side and for destinations outside the mesh.
-/// Connections are pooled per address.
-pub(crate) type H1Client = Client<HttpConnector, Body>;
+/// HTTP/1.1 connections to apps behind the inbound side and to destinations outside the mesh,
+/// kept per address for reuse (keep-alive). A request takes the first connection that is ready
+/// for one (hyper's `is_ready`: no request in flight, the previous response read to its end) or
+/// opens a new one; connections stay in the list while busy, so there is nothing to hand back.
+/// One short lock per request, no task or channel of our own: hyper-util's pooled client did the
+/// same with a checkout future raced against a lazy connect, boxed, per request.
+#[derive(Debug)]
+pub(crate) struct H1Pool {
+    connector: Connector,
+    connect_timeout: Duration,
+    conns: Mutex<HashMap<SocketAddr, Vec<H1Conn>>>,
+}
 
-pub(crate) fn h1_client(connect_timeout: Duration) -> H1Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .set_host(false)
-        .build(connector)
+#[derive(Debug)]
+struct H1Conn {
+    send: http1::SendRequest<Body>,
+    last_used: Instant,
+}
+
+/// What a pooled connection made of a request: the response, or why not (with the request
+/// when it was never written).
+type H1Sent = Result<Response<Incoming>, TrySendError<Request<Body>>>;
+
+/// A connection unused for this long is closed (apps close theirs sooner or later, too).
+const H1_IDLE: Duration = Duration::from_secs(90);
+
+impl H1Pool {
+    pub(crate) fn new(connector: Connector, connect_timeout: Duration) -> Self {
+        Self {
+            connector,
+            connect_timeout,
+            conns: Mutex::default(),
+        }
+    }
+
+    /// Send `req` (origin-form URI, `Host` set) to `addr` on a pooled connection, or on a new
+    /// one. A request that a reused connection refused before writing it (the app closed the
+    /// connection as we picked it) is sent once more on a new connection.
+    pub(crate) async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let upstream = |source: hyper::Error| ProxyError::Upstream {
+            addr,
+            source: source.into(),
+        };
+        let req = match self.try_pooled(addr, req) {
+            Ok(sent) => match sent.await {
+                Ok(resp) => return Ok(resp),
+                Err(mut error) => match error.take_message() {
+                    Some(req) => req,
+                    None => return Err(upstream(error.into_error())),
+                },
+            },
+            Err(req) => req,
+        };
+        let mut send = self.open(addr).await?;
+        let sent = send.send_request(req);
+        self.add(addr, send);
+        sent.await.map_err(upstream)
+    }
+
+    /// Send on a pooled connection that is ready, if there is one; else give the request back.
+    #[allow(clippy::result_large_err)]
+    fn try_pooled(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<impl Future<Output = H1Sent> + use<>, Request<Body>> {
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(list) = conns.get_mut(&addr) else {
+            return Err(req);
+        };
+        list.retain(|c| !c.send.is_closed() && now.duration_since(c.last_used) < H1_IDLE);
+        match list.iter_mut().find(|c| c.send.is_ready()) {
+            Some(conn) => {
+                conn.last_used = now;
+                Ok(conn.send.try_send_request(req))
+            }
+            None => Err(req),
+        }
+    }
+
+    async fn open(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let tcp = self.connector.connect(addr, self.connect_timeout).await?;
+        let (send, conn) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|source| ProxyError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(upstream.addr = %addr, %error, "HTTP/1.1 connection ended");
+            }
+        });
+        Ok(send)
+    }
+
+    fn add(&self, addr: SocketAddr, send: http1::SendRequest<Body>) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget addresses whose connections have all closed, so the map does not grow with
+        // every destination ever called.
+        if conns.len() > 64 {
+            conns.retain(|_, list| {
+                list.retain(|c| !c.send.is_closed());
+                !list.is_empty()
+            });
+        }
+        conns.entry(addr).or_default().push(H1Conn {
+            send,
+            last_used: Instant::now(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A server answering `ok` to each request; `close_after_each` closes every connection once
+    /// it has answered (without saying so), as an app whose keep-alive timeout fires would.
+    async fn server(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if conn.write_all(reply).await.is_err() || close_after_each {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn get(addr: SocketAddr) -> Request<Body> {
+        Request::get("/")
+            .header(http::header::HOST, addr.to_string())
+            .body(empty())
+            .expect("request")
+    }
+
+    async fn call(pool: &H1Pool, addr: SocketAddr) -> Result<Bytes, ProxyError> {
+        let resp = pool.send(addr, get(addr)).await?;
+        Ok(resp.into_body().collect().await.expect("body").to_bytes())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let (addr, accepted) = server(false).await;
+        let pool = H1Pool::new(Connector::default(), Duration::from_secs(1));
+        for _ in 0..20 {
+            assert_eq!(call(&pool, addr).await.expect("call"), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_open_connections_and_then_reuse_them() {
+        let (addr, accepted) = server(false).await;
+        let pool = H1Pool::new(Connector::default(), Duration::from_secs(1));
+        for _ in 0..5 {
+            let calls = (0..4).map(|_| call(&pool, addr));
+            for result in futures_util::future::join_all(calls).await {
+                assert_eq!(result.expect("call"), "ok");
+            }
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            (1..=4).contains(&opened),
+            "{opened} connections for 4 at a time"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_app_closed_is_not_a_failed_request() {
+        let (addr, accepted) = server(true).await;
+        let pool = H1Pool::new(Connector::default(), Duration::from_secs(1));
+        for i in 0..30 {
+            let body = call(&pool, addr).await;
+            assert_eq!(body.unwrap_or_else(|e| panic!("call {i}: {e}")), "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 30);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            listener.local_addr().expect("addr")
+        };
+        let pool = H1Pool::new(Connector::default(), Duration::from_secs(1));
+        let error = call(&pool, addr).await.expect_err("refused");
+        assert!(matches!(error, ProxyError::Connect { .. }), "{error}");
+    }
 }
