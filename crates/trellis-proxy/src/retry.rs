@@ -22,6 +22,7 @@ pub(crate) struct RetryPolicy {
     pub(crate) attempts: u32,
     pub(crate) per_try_timeout: Option<Duration>,
     backoff: Duration,
+    max_backoff: Duration,
     on: Vec<RetryOn>,
 }
 
@@ -31,6 +32,7 @@ impl RetryPolicy {
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout,
             backoff: r.backoff,
+            max_backoff: r.max_backoff(),
             on: r.on.clone(),
         }
     }
@@ -74,16 +76,18 @@ impl RetryPolicy {
         })
     }
 
-    /// The wait before retry `n` (1, 2, ...): full jitter over `backoff × 2^(n-1)`, at most
-    /// ten times `backoff`.
+    /// The wait before retry `n` (1, 2, ...): full jitter (AWS's name: a uniform draw from
+    /// zero) below `backoff × 2^(n-1)`, capped at `max_backoff`.
     pub(crate) fn backoff(&self, n: u32) -> Duration {
-        let cap = self.backoff.saturating_mul(10);
-        let ceiling = self
-            .backoff
-            .saturating_mul(1 << n.saturating_sub(1).min(16))
-            .min(cap);
         let unit = (crate::balance::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(unit)
+        self.backoff_ceiling(n).mul_f64(unit)
+    }
+
+    /// The most retry `n` may wait.
+    fn backoff_ceiling(&self, n: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(self.max_backoff)
     }
 }
 
@@ -97,6 +101,7 @@ mod tests {
             on: on.to_vec(),
             per_try_timeout: None,
             backoff: Duration::from_millis(25),
+            max_backoff: None,
             budget: Default::default(),
         })
     }
@@ -149,5 +154,31 @@ mod tests {
             assert!(p.backoff(2) <= Duration::from_millis(50));
             assert!(p.backoff(9) <= Duration::from_millis(250));
         }
+        assert_eq!(p.backoff_ceiling(9), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_below_a_ceiling_capped_at_max_backoff() {
+        let p = RetryPolicy::new(&Retries {
+            attempts: 5,
+            on: Vec::new(),
+            per_try_timeout: None,
+            backoff: Duration::from_millis(10),
+            max_backoff: Some(Duration::from_millis(35)),
+            budget: Default::default(),
+        });
+        let ms = Duration::from_millis;
+        let ceilings: Vec<Duration> = (1..=5).map(|n| p.backoff_ceiling(n)).collect();
+        assert_eq!(ceilings, [ms(10), ms(20), ms(35), ms(35), ms(35)]);
+        // Full jitter: draws spread over the whole range below the ceiling, not near it.
+        let draws: Vec<Duration> = (0..2000).map(|_| p.backoff(4)).collect();
+        assert!(draws.iter().all(|d| *d <= ms(35)));
+        assert!(draws.iter().any(|d| *d < ms(5)), "no short waits");
+        assert!(draws.iter().any(|d| *d > ms(30)), "no long waits");
+        let mean = draws.iter().sum::<Duration>() / draws.len() as u32;
+        assert!(
+            (ms(14)..=ms(21)).contains(&mean),
+            "mean {mean:?}, expected about half the ceiling"
+        );
     }
 }
