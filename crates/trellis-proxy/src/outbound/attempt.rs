@@ -144,7 +144,7 @@ impl Outbound {
 
 /// A copy of a request's head for another try (extensions are not carried: the forward path
 /// uses none).
-fn clone_parts(parts: &Parts) -> Parts {
+pub(super) fn clone_parts(parts: &Parts) -> Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
