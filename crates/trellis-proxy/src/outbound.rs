@@ -357,8 +357,8 @@ impl Outbound {
 
         // 6. Send it.
         let result = match downstream_upgrade {
-            Some(downstream) => {
-                self.upgrade(
+            Some(downstream) => self
+                .upgrade(
                     req,
                     downstream,
                     &upstream,
@@ -367,7 +367,7 @@ impl Outbound {
                     timeouts,
                 )
                 .await
-            }
+                .map(|r| r.map(crate::retry::UpstreamBody::new)),
             None => {
                 if let Some(d) = &dest {
                     req.headers_mut()

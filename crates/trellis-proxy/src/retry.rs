@@ -1,6 +1,7 @@
 //! Retries: which failures are retried, how long to wait between tries, the budget that
-//! keeps retries from amplifying an outage ([`budget`]), and the request body kept for
-//! replay ([`replay`]). The loop itself is `outbound/attempt.rs`.
+//! keeps retries from amplifying an outage ([`budget`]), the request body kept for
+//! replay ([`replay`]), and the first frame of a gRPC response looked at for an error in its
+//! trailers ([`peek`]). The loop itself is `outbound/attempt.rs`.
 
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use trellis_model::{Retries, RetryOn};
 use crate::error::{Failure, ProxyError};
 
 pub(crate) mod budget;
+pub(crate) mod peek;
 pub(crate) mod replay;
 
 pub(crate) use budget::Budget;
+pub(crate) use peek::UpstreamBody;
 pub(crate) use replay::Replay;
 
 /// A service's retry policy, compiled for the request path.
@@ -40,22 +43,26 @@ impl RetryPolicy {
     /// Is a try that got this response worth retrying?
     pub(crate) fn retry_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         let code = status.as_u16();
-        let grpc = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u8>().ok());
+        let grpc = grpc_status(headers);
         self.on.iter().any(|on| match on {
             RetryOn::ServerError => status.is_server_error(),
             RetryOn::GatewayError => matches!(code, 502..=504),
             RetryOn::Retriable4xx => code == 409,
             RetryOn::Status(s) => *s == code,
-            RetryOn::Cancelled => grpc == Some(1),
-            RetryOn::DeadlineExceeded => grpc == Some(4),
-            RetryOn::ResourceExhausted => grpc == Some(8),
-            RetryOn::Internal => grpc == Some(13),
-            RetryOn::Unavailable => grpc == Some(14),
-            RetryOn::Reset | RetryOn::ConnectFailure | RetryOn::RefusedStream => false,
+            _ => grpc.is_some_and(|g| grpc_condition(*on, g)),
         })
+    }
+
+    /// Is a gRPC status that came in trailers (after the response headers) worth retrying?
+    pub(crate) fn retry_grpc_trailers(&self, trailers: &HeaderMap) -> bool {
+        grpc_status(trailers).is_some_and(|g| self.on.iter().any(|on| grpc_condition(*on, g)))
+    }
+
+    /// Does the policy retry on any gRPC status?
+    pub(crate) fn has_grpc_conditions(&self) -> bool {
+        self.on
+            .iter()
+            .any(|on| (0..=16).any(|g| grpc_condition(*on, g)))
     }
 
     /// Is a try that failed with this error worth retrying?
@@ -88,6 +95,25 @@ impl RetryPolicy {
         self.backoff
             .saturating_mul(1 << n.saturating_sub(1).min(16))
             .min(self.max_backoff)
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u8> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+}
+
+/// Does retry condition `on` name gRPC status `code`?
+fn grpc_condition(on: RetryOn, code: u8) -> bool {
+    match on {
+        RetryOn::Cancelled => code == 1,
+        RetryOn::DeadlineExceeded => code == 4,
+        RetryOn::ResourceExhausted => code == 8,
+        RetryOn::Internal => code == 13,
+        RetryOn::Unavailable => code == 14,
+        _ => false,
     }
 }
 
@@ -124,6 +150,12 @@ mod tests {
         assert!(p.retry_response(StatusCode::OK, &grpc));
         grpc.insert("grpc-status", "13".parse().unwrap());
         assert!(!p.retry_response(StatusCode::OK, &grpc));
+        // The same conditions apply to a status in trailers.
+        assert!(!p.retry_grpc_trailers(&grpc));
+        grpc.insert("grpc-status", "14".parse().unwrap());
+        assert!(p.retry_grpc_trailers(&grpc));
+        assert!(p.has_grpc_conditions());
+        assert!(!policy(&[RetryOn::ServerError, RetryOn::Status(503)]).has_grpc_conditions());
     }
 
     #[test]
