@@ -510,3 +510,106 @@ async fn a_limit_answers_503_uo_rather_than_queueing() {
         "the refused one never reached it"
     );
 }
+
+#[test]
+fn max_connections_refuses_a_tunnel_over_the_limit_at_once() {
+    use trellis_test_support::{DemoApp, RawConn};
+
+    let trellis = trellis();
+    let app = DemoApp::options("echo").tcp().start(&trellis);
+    let b = trellis.proxy(
+        "proxy-b",
+        &format!(
+            "\
+node: {{ name: proxy-b, namespace: test, workload: echo }}
+listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
+app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: tcp }} ] }}
+",
+            port = app.tcp_port()
+        ),
+    );
+    let a = trellis.proxy(
+        "proxy-a",
+        &format!(
+            "\
+node: {{ name: proxy-a, namespace: test, workload: client }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
+outbound_policy: registry_only
+services:
+  - name: echo
+    namespace: test
+    ports: [ {{ name: tcp, port: 9000, protocol: tcp }} ]
+    endpoints:
+      - {{ address: 127.0.0.1, ports: {{ tcp: {port} }}, mesh: \"{mesh}\", workload: echo }}
+    policy:
+      limits: {{ max_connections: 2 }}
+",
+            port = app.tcp_port(),
+            mesh = b.mesh()
+        ),
+    );
+    let diagnostics = || {
+        format!(
+            "{}{}{}",
+            a.diagnostics(),
+            b.diagnostics(),
+            app.diagnostics()
+        )
+    };
+    let banner = "trellis-demo echo tcp\r\n";
+    let open = || {
+        let mut conn = RawConn::connect_tunnel(a.outbound(), "echo.test:9000");
+        let got = conn
+            .read_exact(banner.len(), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("banner: {e}\n{}", diagnostics()));
+        assert_eq!(String::from_utf8_lossy(&got), banner);
+        conn
+    };
+    let first = open();
+    let _second = open();
+
+    // The third is answered 503 at once, and never reaches the app.
+    let started = tokio::time::Instant::now();
+    let mut third = RawConn::connect(a.outbound());
+    third
+        .send(b"CONNECT echo.test:9000 HTTP/1.1\r\nHost: echo.test:9000\r\n\r\n")
+        .expect("send CONNECT");
+    let head = third
+        .read_head(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(head.status, 503, "{}", diagnostics());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    let refused = a.wait_access_log("the refused tunnel", |l| {
+        log_str(l, "method") == "CONNECT" && log_str(l, "response_flags") == "UO"
+    });
+    assert_eq!(refused["response_code"], 503, "{refused}");
+
+    // Once one closes, a new tunnel is let through.
+    drop(first);
+    let reopened = trellis_test_support::wait::wait_until(Duration::from_secs(10), || {
+        let mut conn = RawConn::connect(a.outbound());
+        conn.send(b"CONNECT echo.test:9000 HTTP/1.1\r\nHost: echo.test:9000\r\n\r\n")
+            .ok()?;
+        let head = conn.read_head(Duration::from_secs(5)).ok()?;
+        (head.status == 200).then_some(conn)
+    });
+    assert!(
+        reopened.is_some(),
+        "no tunnel after one closed\n{}",
+        diagnostics()
+    );
+    let metrics = a.metrics();
+    let uo = [
+        ("response_flags", "UO"),
+        ("destination_service", "echo.test.svc.cluster.local"),
+    ];
+    assert!(
+        metrics.sum("trellis_requests_total", &uo) >= 1.0,
+        "{}",
+        metrics.dump("trellis_requests_total")
+    );
+}

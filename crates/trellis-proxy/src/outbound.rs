@@ -471,6 +471,7 @@ impl Outbound {
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let slot = connection_slot(dest)?;
         let tunnel = self.open_tunnel(upstream, dest, snapshot, t).await?;
         let addr = upstream.mesh.unwrap_or(upstream.target);
         let (mut send, conn) =
@@ -502,6 +503,8 @@ impl Outbound {
             let upstream = hyper::upgrade::on(&mut resp);
             let idle = t.idle;
             tokio::spawn(async move {
+                // Held while the upgraded connection is open.
+                let _slot = slot;
                 match tokio::try_join!(downstream, upstream) {
                     Ok((d, u)) => {
                         let relayed = relay(TokioIo::new(d), TokioIo::new(u), idle).await;
@@ -531,6 +534,10 @@ impl Outbound {
         t: Timeouts,
         version: Version,
     ) -> Response<Body> {
+        let slot = match connection_slot(dest) {
+            Ok(slot) => slot,
+            Err(error) => return obs.fail(&error, version),
+        };
         let tunnel = match self.open_tunnel(upstream, dest, snapshot, t).await {
             Ok(tunnel) => tunnel,
             Err(error) => return obs.fail(&error, version),
@@ -542,6 +549,8 @@ impl Outbound {
         let idle = t.idle;
         let mut tcp = obs.into_tcp(None);
         tokio::spawn(async move {
+            // Held while the tunnel is open.
+            let _slot = slot;
             let client = match on_upgrade.await {
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(error) => {
@@ -657,6 +666,17 @@ async fn forward(
                 upstreams.send_h1(upstream.target, req, t.request).await
             }
         }
+    }
+}
+
+/// A new connection's place under its destination's `max_connections` (refused at once over
+/// it); nothing to hold outside the mesh's services.
+fn connection_slot(
+    dest: Option<&Destination>,
+) -> Result<Option<crate::limit::ConnectionSlot>, ProxyError> {
+    match dest.and_then(|d| Some((d, d.limiter.as_ref()?))) {
+        Some((d, limiter)) => limiter.connect(&d.fqdn).map(Some),
+        None => Ok(None),
     }
 }
 

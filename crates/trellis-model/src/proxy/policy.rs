@@ -159,8 +159,10 @@ pub struct OutlierDetection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Connections to the service's endpoints (HTTP/1.1 ones; to a peer proxy there is one
-    /// multiplexed HTTP/2 connection).
+    /// Connections open to the service at once: each opaque TCP connection, `CONNECT`
+    /// tunnel or upgraded (WebSocket) connection relayed to it. HTTP requests share the one
+    /// multiplexed HTTP/2 connection per peer proxy and do not count (`max_requests` bounds
+    /// them). Over the limit a connection is refused at once (503 `UO`, or closed).
     #[serde(default)]
     pub max_connections: Option<u32>,
     /// Requests waiting for a `max_requests` slot; absent, none wait.
