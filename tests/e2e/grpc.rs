@@ -79,3 +79,103 @@ fn grpc_unary_streaming_bidi_and_status_through_chain() {
         metrics.dump("trellis_requests_total")
     );
 }
+
+/// A server that fails calls with UNAVAILABLE in trailers after its response headers (not
+/// trailers-only): proxy A, whose policy retries `unavailable`, looks at the first frame,
+/// sees the status and retries; the caller sees the call succeed. Calls that fail every try
+/// reach the caller with the server's status and message; streaming calls pass unharmed.
+#[test]
+fn grpc_errors_in_trailers_after_headers_are_retried() {
+    if !require_python_module("grpc") {
+        return;
+    }
+    let server = PyPeer::start(PEER, &["server", "--port", "0"]);
+    let trellis = trellis();
+    let b = trellis.proxy(
+        "proxy-b",
+        &format!(
+            "\
+node: {{ name: proxy-b, namespace: test, workload: echo }}
+listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
+app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: grpc }} ] }}
+",
+            port = server.port
+        ),
+    );
+    let a = trellis.proxy(
+        "proxy-a",
+        &format!(
+            "\
+node: {{ name: proxy-a, namespace: test, workload: client }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
+outbound_policy: registry_only
+services:
+  - name: grpc
+    namespace: test
+    ports: [ {{ name: grpc, port: 50051, protocol: grpc }} ]
+    endpoints:
+      - {{ address: 127.0.0.1, ports: {{ grpc: {port} }}, mesh: \"{mesh}\", workload: echo }}
+    policy:
+      retries: {{ attempts: 3, on: [unavailable], backoff: 1ms }}
+",
+            port = server.port,
+            mesh = b.mesh()
+        ),
+    );
+    let proxy = a.outbound().to_string();
+    let diagnostics = || {
+        format!(
+            "{}{}{}",
+            a.diagnostics(),
+            b.diagnostics(),
+            server.diagnostics()
+        )
+    };
+    let calls = |payload: &str, count: &str| {
+        let args = [
+            "calls",
+            "--target",
+            "grpc.test:50051",
+            "--proxy",
+            &proxy,
+            "--method",
+            "Flaky",
+            "--payload",
+            payload,
+            "--count",
+            count,
+        ];
+        let out = run_python(PEER, &args, Duration::from_secs(60));
+        assert!(out.status.success(), "{}\n{}", out.stderr, diagnostics());
+        serde_json::from_str::<serde_json::Value>(out.stdout_text().trim())
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout_text(), diagnostics()))
+    };
+    // Two failures, then success: one call from the caller's side.
+    let recovered = calls("twice:2", "1");
+    assert_eq!(recovered["OK"], 1, "{recovered}\n{}", diagnostics());
+    // Five failures outlast 1 + 3 tries: the fourth failure reaches the caller, intact.
+    let failed = calls("five:5", "2");
+    assert_eq!(
+        failed["first_error"],
+        "UNAVAILABLE: flaky: call 4 of five fails",
+        "{failed}\n{}",
+        diagnostics()
+    );
+    assert_eq!(
+        failed["OK"], 1,
+        "the fifth call's first try fails, its retry succeeds: {failed}"
+    );
+    // Messages, streams and trailers-only errors pass through the look at the first frame.
+    let out = run_python(
+        PEER,
+        &["client", "--target", "grpc.test:50051", "--proxy", &proxy],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success() && out.stdout_text().contains("OK"),
+        "{}\n{}\n{}",
+        out.stdout_text(),
+        out.stderr,
+        diagnostics()
+    );
+}

@@ -14,6 +14,7 @@ mod check;
 mod config;
 mod demo;
 mod discovery;
+mod faults;
 mod grpc;
 mod http;
 mod identity;

@@ -9,8 +9,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trellis_test_support::ProxyProcess;
@@ -20,10 +20,10 @@ use crate::{Problems, log_str, trellis};
 
 /// What a backend does with a request.
 const ALTERNATE: u8 = 1;
-const FAIL: u8 = 2;
+pub(crate) const FAIL: u8 = 2;
 
 /// A test backend; see the module docs.
-struct Backend {
+pub(crate) struct Backend {
     name: String,
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
@@ -31,6 +31,8 @@ struct Backend {
     hits: Arc<AtomicUsize>,
     /// Set: the listener is closed and open connections end (connections are refused).
     dead: Arc<AtomicBool>,
+    /// The `Host` of the last request.
+    last_host: Arc<Mutex<String>>,
 }
 
 impl Backend {
@@ -44,6 +46,7 @@ impl Backend {
             delay_ms: Arc::default(),
             hits: Arc::default(),
             dead: Arc::default(),
+            last_host: Arc::default(),
         };
         backend.serve(listener);
         backend
@@ -53,15 +56,20 @@ impl Backend {
         self.addr.port()
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
-    fn set_mode(&self, mode: u8) {
+    /// The `Host` header of the last request that reached it.
+    pub(crate) fn last_host(&self) -> String {
+        self.last_host.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn set_mode(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
     }
 
-    fn set_delay(&self, delay: Duration) {
+    pub(crate) fn set_delay(&self, delay: Duration) {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
@@ -88,12 +96,13 @@ impl Backend {
     }
 
     fn serve(&self, listener: TcpListener) {
-        let (name, mode, delay, hits, dead) = (
+        let (name, mode, delay, hits, dead, host) = (
             self.name.clone(),
             self.mode.clone(),
             self.delay_ms.clone(),
             self.hits.clone(),
             self.dead.clone(),
+            self.last_host.clone(),
         );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -101,15 +110,16 @@ impl Backend {
                     return; // drops the listener
                 }
                 let Ok(stream) = stream else { continue };
-                let (name, mode, delay, hits, dead) = (
+                let (name, mode, delay, hits, dead, host) = (
                     name.clone(),
                     mode.clone(),
                     delay.clone(),
                     hits.clone(),
                     dead.clone(),
+                    host.clone(),
                 );
                 std::thread::spawn(move || {
-                    let _ = serve_connection(stream, &name, &mode, &delay, &hits, &dead);
+                    let _ = serve_connection(stream, &name, &mode, &delay, &hits, &dead, &host);
                 });
             }
         });
@@ -124,7 +134,9 @@ fn serve_connection(
     delay_ms: &AtomicU64,
     hits: &AtomicUsize,
     dead: &AtomicBool,
+    last_host: &Mutex<String>,
 ) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     loop {
@@ -137,6 +149,13 @@ fn serve_connection(
             }
             if line == "\r\n" || line == "\n" {
                 break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("host") {
+                    if let Ok(mut host) = last_host.lock() {
+                        *host = value.trim().to_string();
+                    }
+                }
             }
         }
         if dead.load(Ordering::SeqCst) {
@@ -153,25 +172,27 @@ fn serve_connection(
             _ => "200 OK",
         };
         let body = format!("{name}\n");
-        write!(
-            writer,
+        // One write: a response in pieces meets Nagle and delayed ACKs (40 ms a request).
+        let response = format!(
             "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
             body.len()
-        )?;
+        );
+        writer.write_all(response.as_bytes())?;
         writer.flush()?;
     }
 }
 
-struct Mesh {
-    a: ProxyProcess,
-    b: ProxyProcess,
-    backends: Vec<Backend>,
+pub(crate) struct Mesh {
+    pub(crate) a: ProxyProcess,
+    pub(crate) b: ProxyProcess,
+    pub(crate) backends: Vec<Backend>,
 }
 
 impl Mesh {
     /// `n` backends behind proxy B; proxy A knows the services `services` gives (YAML list
-    /// items, with `{endpoints}` standing for all the backends as endpoints).
-    fn start(n: usize, services: &str) -> Mesh {
+    /// items, with `{endpoints}` standing for all the backends as endpoints, `{endpoint:I}`
+    /// for backend I alone).
+    pub(crate) fn start(n: usize, services: &str) -> Mesh {
         let trellis = trellis();
         let backends: Vec<Backend> = (0..n).map(|i| Backend::start(&format!("be{i}"))).collect();
         let ports: Vec<String> = backends
@@ -200,7 +221,11 @@ app: {{ address: 127.0.0.1, ports: [ {} ] }}
                 )
             })
             .collect();
-        let services = services.replace("{endpoints}", &format!("[ {} ]", endpoints.join(", ")));
+        let mut services =
+            services.replace("{endpoints}", &format!("[ {} ]", endpoints.join(", ")));
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            services = services.replace(&format!("{{endpoint:{i}}}"), &format!("[ {endpoint} ]"));
+        }
         let a = trellis.proxy(
             "proxy-a",
             &format!(
@@ -216,7 +241,7 @@ services:
         Mesh { a, b, backends }
     }
 
-    fn diagnostics(&self) -> String {
+    pub(crate) fn diagnostics(&self) -> String {
         let hits: Vec<String> = self
             .backends
             .iter()
@@ -230,13 +255,13 @@ services:
         )
     }
 
-    async fn session(&self) -> Session {
+    pub(crate) async fn session(&self) -> Session {
         Session::connect(self.a.outbound(), Version::Http1)
             .await
             .unwrap_or_else(|e| panic!("connect: {e:#}\n{}", self.diagnostics()))
     }
 
-    async fn get(&self, s: &mut Session, url: &str, headers: &[(&str, &str)]) -> Reply {
+    pub(crate) async fn get(&self, s: &mut Session, url: &str, headers: &[(&str, &str)]) -> Reply {
         s.get(url, headers)
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e:#}\n{}", self.diagnostics()))
@@ -483,5 +508,108 @@ async fn a_limit_answers_503_uo_rather_than_queueing() {
         mesh.backends[0].hits(),
         1,
         "the refused one never reached it"
+    );
+}
+
+#[test]
+fn max_connections_refuses_a_tunnel_over_the_limit_at_once() {
+    use trellis_test_support::{DemoApp, RawConn};
+
+    let trellis = trellis();
+    let app = DemoApp::options("echo").tcp().start(&trellis);
+    let b = trellis.proxy(
+        "proxy-b",
+        &format!(
+            "\
+node: {{ name: proxy-b, namespace: test, workload: echo }}
+listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
+app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: tcp }} ] }}
+",
+            port = app.tcp_port()
+        ),
+    );
+    let a = trellis.proxy(
+        "proxy-a",
+        &format!(
+            "\
+node: {{ name: proxy-a, namespace: test, workload: client }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
+outbound_policy: registry_only
+services:
+  - name: echo
+    namespace: test
+    ports: [ {{ name: tcp, port: 9000, protocol: tcp }} ]
+    endpoints:
+      - {{ address: 127.0.0.1, ports: {{ tcp: {port} }}, mesh: \"{mesh}\", workload: echo }}
+    policy:
+      limits: {{ max_connections: 2 }}
+",
+            port = app.tcp_port(),
+            mesh = b.mesh()
+        ),
+    );
+    let diagnostics = || {
+        format!(
+            "{}{}{}",
+            a.diagnostics(),
+            b.diagnostics(),
+            app.diagnostics()
+        )
+    };
+    let banner = "trellis-demo echo tcp\r\n";
+    let open = || {
+        let mut conn = RawConn::connect_tunnel(a.outbound(), "echo.test:9000");
+        let got = conn
+            .read_exact(banner.len(), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("banner: {e}\n{}", diagnostics()));
+        assert_eq!(String::from_utf8_lossy(&got), banner);
+        conn
+    };
+    let first = open();
+    let _second = open();
+
+    // The third is answered 503 at once, and never reaches the app.
+    let started = tokio::time::Instant::now();
+    let mut third = RawConn::connect(a.outbound());
+    third
+        .send(b"CONNECT echo.test:9000 HTTP/1.1\r\nHost: echo.test:9000\r\n\r\n")
+        .expect("send CONNECT");
+    let head = third
+        .read_head(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(head.status, 503, "{}", diagnostics());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused after {:?}",
+        started.elapsed()
+    );
+    let refused = a.wait_access_log("the refused tunnel", |l| {
+        log_str(l, "method") == "CONNECT" && log_str(l, "response_flags") == "UO"
+    });
+    assert_eq!(refused["response_code"], 503, "{refused}");
+
+    // Once one closes, a new tunnel is let through.
+    drop(first);
+    let reopened = trellis_test_support::wait::wait_until(Duration::from_secs(10), || {
+        let mut conn = RawConn::connect(a.outbound());
+        conn.send(b"CONNECT echo.test:9000 HTTP/1.1\r\nHost: echo.test:9000\r\n\r\n")
+            .ok()?;
+        let head = conn.read_head(Duration::from_secs(5)).ok()?;
+        (head.status == 200).then_some(conn)
+    });
+    assert!(
+        reopened.is_some(),
+        "no tunnel after one closed\n{}",
+        diagnostics()
+    );
+    let metrics = a.metrics();
+    let uo = [
+        ("response_flags", "UO"),
+        ("destination_service", "echo.test.svc.cluster.local"),
+    ];
+    assert!(
+        metrics.sum("trellis_requests_total", &uo) >= 1.0,
+        "{}",
+        metrics.dump("trellis_requests_total")
     );
 }

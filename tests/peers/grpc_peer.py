@@ -9,11 +9,19 @@ handlers and identity (de)serializers.
   grpc_peer.py client --target HOST:PORT [--proxy ADDR]
       Runs the four calls and checks them; prints one line per check, then `OK`.
       With --proxy the channel connects to ADDR with :authority = HOST:PORT.
+  grpc_peer.py calls --target HOST:PORT [--proxy ADDR] --method NAME --payload TEXT --count N
+      Makes N unary calls and prints one JSON line: the count of each status code, and
+      the message of the first error (e.g. {"OK": 7, "UNAVAILABLE": 3, "first_error": "..."}).
+
+The server's `Flaky` method takes `KEY:N` and fails the first N calls with that KEY with
+UNAVAILABLE, sending its response headers first and the status in separate trailers (the
+shape many servers use, unlike a trailers-only response); later calls echo the payload.
 
 Exit code 0 only if every check passed.
 """
 
 import argparse
+import json
 import queue
 import signal
 import sys
@@ -61,6 +69,22 @@ def fail(request: bytes, context: grpc.ServicerContext) -> bytes:
     context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
+FLAKY_SEEN: "dict[str, int]" = {}
+FLAKY_LOCK = threading.Lock()
+
+
+def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+    key, _, failures = request.decode("ascii", "replace").partition(":")
+    with FLAKY_LOCK:
+        seen = FLAKY_SEEN.get(key, 0)
+        FLAKY_SEEN[key] = seen + 1
+    if seen < int(failures or "0"):
+        # Headers first, then the error in trailers: not a trailers-only response.
+        context.send_initial_metadata((("x-flaky-call", str(seen + 1)),))
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"flaky: call {seen + 1} of {key} fails")
+    return request
+
+
 def serve(host: str, port: int) -> int:
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
@@ -76,6 +100,9 @@ def serve(host: str, port: int) -> int:
             ),
             "Fail": grpc.unary_unary_rpc_method_handler(
                 fail, request_deserializer=identity, response_serializer=identity
+            ),
+            "Flaky": grpc.unary_unary_rpc_method_handler(
+                flaky, request_deserializer=identity, response_serializer=identity
             ),
         },
     )
@@ -226,6 +253,28 @@ def run_client(target: str, proxy: str | None) -> int:
     return 0
 
 
+def run_calls(target: str, proxy: str | None, method: str, payload: str, count: int) -> int:
+    options = [("grpc.enable_http_proxy", 0)]
+    if proxy:
+        options.append(("grpc.default_authority", target))
+    channel = grpc.insecure_channel(proxy or target, options=options)
+    call = channel.unary_unary(
+        f"/{SERVICE}/{method}", request_serializer=identity, response_deserializer=identity
+    )
+    counts: "dict[str, object]" = {}
+    for _ in range(count):
+        try:
+            call(payload.encode("utf-8"), timeout=TIMEOUT)
+            name = "OK"
+        except grpc.RpcError as e:
+            name = e.code().name
+            counts.setdefault("first_error", f"{name}: {e.details()}")
+        counts[name] = int(counts.get(name, 0)) + 1
+    channel.close()
+    print(json.dumps(counts), flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -235,9 +284,17 @@ def main() -> int:
     client = commands.add_parser("client", help="run and check the four calls")
     client.add_argument("--target", required=True, help="HOST:PORT of the Echo service")
     client.add_argument("--proxy", help="HOST:PORT to connect to instead (:authority stays target)")
+    calls = commands.add_parser("calls", help="make N unary calls, print the status counts")
+    calls.add_argument("--target", required=True, help="HOST:PORT of the Echo service")
+    calls.add_argument("--proxy", help="HOST:PORT to connect to instead (:authority stays target)")
+    calls.add_argument("--method", default="Unary", help="Unary, Fail or Flaky")
+    calls.add_argument("--payload", default="hello")
+    calls.add_argument("--count", type=int, default=1)
     args = parser.parse_args()
     if args.command == "server":
         return serve(args.host, args.port)
+    if args.command == "calls":
+        return run_calls(args.target, args.proxy, args.method, args.payload, args.count)
     return run_client(args.target, args.proxy)
 
 

@@ -4,20 +4,23 @@
 
 mod delta;
 mod duration;
+mod percent;
 mod proxy;
 pub mod resources;
 mod validate;
 
 pub use delta::apply_services_delta;
 pub use duration::{format_duration, parse_duration};
+pub use percent::Percent;
 pub use proxy::{
     App, AppPort, Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, Endpoint,
-    HashOn, Header, HeaderModifier, Identity, Ingress, IpBlock, Limits, Listeners, LoadBalancer,
-    LoadBalancerKind, MtlsMode, Node, OutboundPolicy, OutlierDetection, PathMatch, PathMatchKind,
-    PathModifier, PolicyAction, PolicyCondition, PolicyOperation, PolicyRule, PolicySource,
-    Protocol, ProxyConfig, RequestRedirect, Retries, RetryBudget, RetryOn, Route, RouteBackend,
-    RouteFilter, RouteMatch, RouteRule, Service, ServicePolicy, ServicePort, Timeouts, UrlRewrite,
-    ValueMatch, ValueMatchKind,
+    FaultAbort, FaultDelay, FaultInjection, HashOn, Header, HeaderModifier, Identity, Ingress,
+    IpBlock, Limits, Listeners, LoadBalancer, LoadBalancerKind, MtlsMode, Node, OutboundPolicy,
+    OutlierDetection, PathMatch, PathMatchKind, PathModifier, PolicyAction, PolicyCondition,
+    PolicyOperation, PolicyRule, PolicySource, Protocol, ProxyConfig, RequestMirror,
+    RequestRedirect, Retries, RetryBudget, RetryOn, Route, RouteBackend, RouteFilter, RouteMatch,
+    RouteRule, Service, ServicePolicy, ServicePort, Timeouts, UrlRewrite, ValueMatch,
+    ValueMatchKind,
 };
 pub use resources::{CompileOptions, Resources, compile};
 pub use validate::{ConfigError, ConfigErrors};

@@ -24,8 +24,9 @@ pub use policy::{
     RetryOn, ServicePolicy,
 };
 pub use route::{
-    Header, HeaderModifier, PathMatch, PathMatchKind, PathModifier, RequestRedirect, Route,
-    RouteBackend, RouteFilter, RouteMatch, RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
+    FaultAbort, FaultDelay, FaultInjection, Header, HeaderModifier, PathMatch, PathMatchKind,
+    PathModifier, RequestMirror, RequestRedirect, Route, RouteBackend, RouteFilter, RouteMatch,
+    RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
 };
 
 /// One proxy's whole configuration.

@@ -24,6 +24,7 @@ mod compile;
 mod consistency;
 mod decode;
 mod document;
+mod fault;
 mod mesh;
 pub(crate) mod names;
 mod route;
@@ -34,12 +35,13 @@ mod traffic;
 
 pub use crate::proxy::IpBlock;
 pub use compile::{CompileError, CompileOptions, Compiler, compile};
+pub use fault::{FaultAbort, FaultDelay, FaultInjectionSpec};
 pub use mesh::{ServicePortSpec, ServiceSpec, WorkloadProxy, WorkloadRun, WorkloadSpec};
 pub use route::{
-    BackendRef, GrpcFilter, GrpcMethodMatch, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec, Header,
-    HeaderModifier, HttpFilter, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, MatchKind, Mirror,
-    ParentRef, PathMatch, PathMatchKind, PathModifier, Redirect, RouteTimeouts, UrlRewrite,
-    ValueMatch,
+    BackendRef, ExtensionRef, GrpcFilter, GrpcMethodMatch, GrpcRouteMatch, GrpcRouteRule,
+    GrpcRouteSpec, Header, HeaderModifier, HttpFilter, HttpRouteMatch, HttpRouteRule,
+    HttpRouteSpec, MatchKind, Mirror, ParentRef, PathMatch, PathMatchKind, PathModifier, Redirect,
+    RouteTimeouts, UrlRewrite, ValueMatch,
 };
 pub use security::{
     AuthorizationAction, AuthorizationPolicySpec, AuthorizationRule, PeerAuthenticationSpec,
@@ -47,7 +49,7 @@ pub use security::{
 };
 pub use traffic::{
     ConnectionLimits, HashOn, LoadBalancer, LoadBalancerKind, OutlierDetection, PolicyTimeouts,
-    Retries, RetryBudget, RetryOn, TrafficPolicySpec,
+    Retries, RetryBackoff, RetryBudget, RetryOn, TrafficPolicySpec,
 };
 
 /// Larger files are refused before parsing: resources are untrusted input.
@@ -66,6 +68,7 @@ pub struct Resources {
     pub grpc_routes: Vec<Resource<GrpcRouteSpec>>,
     pub peer_authentications: Vec<Resource<PeerAuthenticationSpec>>,
     pub authorization_policies: Vec<Resource<AuthorizationPolicySpec>>,
+    pub fault_injections: Vec<Resource<FaultInjectionSpec>>,
 }
 
 /// One document: its metadata, where it was written, and its kind's spec.
@@ -103,6 +106,7 @@ pub enum Kind {
     GrpcRoute,
     PeerAuthentication,
     AuthorizationPolicy,
+    FaultInjection,
 }
 
 /// The documents as read, for the checks across documents: each one's decoder (marks and
@@ -189,6 +193,7 @@ impl Resources {
             Kind::GrpcRoute => self.grpc_routes.len(),
             Kind::PeerAuthentication => self.peer_authentications.len(),
             Kind::AuthorizationPolicy => self.authorization_policies.len(),
+            Kind::FaultInjection => self.fault_injections.len(),
         }
     }
 
@@ -211,7 +216,7 @@ impl Resources {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::Workload,
         Kind::TrafficPolicy,
@@ -219,6 +224,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::FaultInjection,
     ];
 
     /// The kind as written in `kind:`.
@@ -231,6 +237,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::FaultInjection => "FaultInjection",
         }
     }
 
@@ -244,6 +251,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoutes",
             Kind::PeerAuthentication => "PeerAuthentications",
             Kind::AuthorizationPolicy => "AuthorizationPolicies",
+            Kind::FaultInjection => "FaultInjections",
         }
     }
 
@@ -255,7 +263,9 @@ impl Kind {
     /// Every `apiVersion` accepted: Istio's `v1beta1` has the same schema as `v1`.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Service | Kind::Workload | Kind::TrafficPolicy => &["trellis.dev/v1alpha1"],
+            Kind::Service | Kind::Workload | Kind::TrafficPolicy | Kind::FaultInjection => {
+                &["trellis.dev/v1alpha1"]
+            }
             Kind::HttpRoute | Kind::GrpcRoute => &["gateway.networking.k8s.io/v1"],
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
@@ -382,6 +392,9 @@ impl Decoder {
                     authorization_policies,
                     d.authorization_policy_spec(spec, "spec")
                 )
+            }
+            Kind::FaultInjection => {
+                push!(fault_injections, d.fault_injection_spec(spec, "spec"))
             }
         }
         Some(kind)

@@ -1,11 +1,16 @@
-//! Request limits per service (circuit breaking): at most `max_requests` in flight, at most
+//! Limits per service (circuit breaking): at most `max_requests` in flight, at most
 //! `max_pending_requests` waiting for one of those slots; beyond that a request is answered
 //! 503 `UO` at once. There is never an unbounded queue: with no `max_pending_requests`, nothing
 //! waits.
 //!
-//! `max_connections` is carried in the config but not enforced: requests to peer proxies share
-//! one multiplexed HTTP/2 connection per peer (across services), so a per-service connection
-//! count has nothing to bite on there.
+//! `max_connections` caps the connections this proxy holds open to the service at once that
+//! are its own: each opaque TCP connection relayed to it (captured TCP, `CONNECT`, WebSocket
+//! and other upgrades) is one end-to-end connection, a tunnel stream to the peer proxy and a
+//! connection to the app there. Over the cap a tunnel is refused at once, never queued: a
+//! `CONNECT` or upgrade gets 503 `UO`, a captured TCP connection is closed and logged with
+//! `UO`. Ordinary HTTP requests do not count: to a peer proxy they are streams multiplexed on
+//! the one HTTP/2 connection it shares with every service on that peer, so `max_requests` is
+//! what bounds them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +27,14 @@ pub(crate) struct Limiter {
     limits: Limits,
     slots: Option<Arc<Semaphore>>,
     waiting: AtomicU32,
+    /// Connections (tunnels) open to the service.
+    connections: Option<Arc<Semaphore>>,
+}
+
+/// A connection's place under `max_connections`, released when the connection closes.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// A request's place under the limits, released when dropped.
@@ -38,6 +51,23 @@ impl Limiter {
                 .max_requests
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
             waiting: AtomicU32::new(0),
+            connections: limits
+                .max_connections
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+        }
+    }
+
+    /// Take a place for a new connection to `service`, or refuse it at once (never waits).
+    pub(crate) fn connect(&self, service: &str) -> Result<ConnectionSlot, ProxyError> {
+        let Some(connections) = &self.connections else {
+            return Ok(ConnectionSlot { _slot: None });
+        };
+        match connections.clone().try_acquire_owned() {
+            Ok(slot) => Ok(ConnectionSlot { _slot: Some(slot) }),
+            Err(_) => Err(ProxyError::Overflow {
+                service: service.to_string(),
+                limit: "max_connections",
+            }),
         }
     }
 
@@ -147,6 +177,29 @@ mod tests {
         drop(first);
         waiter.await.unwrap().unwrap();
         assert_eq!(l.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn connections_over_max_connections_are_refused_until_one_closes() {
+        let l = Limiter::new(Limits {
+            max_connections: Some(2),
+            ..Limits::default()
+        });
+        let first = l.connect("s").unwrap();
+        let _second = l.connect("s").unwrap();
+        let refused = l.connect("s").unwrap_err();
+        assert!(refused.to_string().contains("max_connections"), "{refused}");
+        assert_eq!(
+            refused.flags(),
+            crate::metrics::ResponseFlags::UpstreamOverflow
+        );
+        drop(first);
+        assert!(
+            l.connect("s").is_ok(),
+            "a closed connection frees its place"
+        );
+        // Requests are not connections.
+        assert!(Limiter::new(Limits::default()).connect("s").is_ok());
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Request and TCP metrics with Istio's names and labels (DESIGN §6), served as OpenMetrics text.
 //!
-//! Six metrics, each a [`Family`] keyed by a label struct: [`RequestLabels`] for the HTTP/gRPC
+//! Six metrics (and `trellis_mirror_requests_total` for route mirrors), each a [`Family`] keyed by a label struct: [`RequestLabels`] for the HTTP/gRPC
 //! pair (`trellis_requests_total`, `trellis_request_duration_seconds`) and [`TcpLabels`] for
 //! the four TCP counters, which carry `request_protocol="tcp"` as Istio's do.
 //!
@@ -155,10 +155,35 @@ pub enum ResponseFlags {
     /// `RBAC`: an authorization policy denied the request or connection. Trellis's own flag:
     /// Envoy's RBAC filters set none (the detail is in its `response_code_details`).
     AccessDenied,
+    /// `FI`: the request was aborted by fault injection.
+    FaultInjected,
+    /// `DI`: the request was delayed by fault injection.
+    DelayInjected,
+}
+
+/// What became of a request copy (route mirroring).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MirrorResult {
+    /// The shadow answered (whatever its status).
+    Sent,
+    /// No answer: the shadow could not be reached, or timed out.
+    Failed,
+    /// Not sent: too many copies in flight.
+    Dropped,
+    /// Not sent: the request body was too large to keep, or never ended.
+    Skipped,
+}
+
+/// Labels of `trellis_mirror_requests_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct MirrorLabels {
+    destination_service: Arc<str>,
+    result: MirrorResult,
 }
 
 struct Inner {
     registry: Registry,
+    mirrors: Family<MirrorLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     tcp_sent: Family<TcpLabels, Counter>,
@@ -178,6 +203,7 @@ impl Metrics {
         let tcp_received = Family::default();
         let tcp_opened = Family::default();
         let tcp_closed = Family::default();
+        let mirrors = Family::default();
 
         // Counter names omit `_total` and byte/second names their unit: the encoder adds both.
         registry.register(
@@ -214,8 +240,15 @@ impl Metrics {
             tcp_closed.clone(),
         );
 
+        registry.register(
+            "mirror_requests",
+            "Copies of requests sent to route mirrors (shadows), by shadow service and result",
+            mirrors.clone(),
+        );
+
         let inner = Inner {
             registry,
+            mirrors,
             requests,
             request_duration,
             tcp_sent,
@@ -268,6 +301,15 @@ impl Metrics {
                 .get_or_create(labels)
                 .inc_by(received);
         }
+    }
+
+    /// Records what became of a request copy for a route mirror.
+    pub fn mirror(&self, destination_service: &Arc<str>, result: MirrorResult) {
+        let labels = MirrorLabels {
+            destination_service: destination_service.clone(),
+            result,
+        };
+        self.inner.mirrors.get_or_create(&labels).inc();
     }
 
     /// Records a TCP connection closed.
@@ -362,6 +404,24 @@ impl SecurityPolicy {
     }
 }
 
+impl EncodeLabelSet for MirrorLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        ("destination_service", &*self.destination_service).encode(encoder.encode_label())?;
+        ("result", self.result).encode(encoder.encode_label())
+    }
+}
+
+impl MirrorResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MirrorResult::Sent => "sent",
+            MirrorResult::Failed => "failed",
+            MirrorResult::Dropped => "dropped",
+            MirrorResult::Skipped => "skipped",
+        }
+    }
+}
+
 impl ResponseFlags {
     /// Envoy's short name: `UF`, `URX`, … or `-` for none.
     pub fn as_str(self) -> &'static str {
@@ -383,6 +443,8 @@ impl ResponseFlags {
             ResponseFlags::DownstreamProtocolError => "DPE",
             ResponseFlags::UpstreamProtocolError => "UPE",
             ResponseFlags::AccessDenied => "RBAC",
+            ResponseFlags::FaultInjected => "FI",
+            ResponseFlags::DelayInjected => "DI",
         }
     }
 }
@@ -404,7 +466,13 @@ macro_rules! label_value_via_as_str {
     )*};
 }
 
-label_value_via_as_str!(Reporter, RequestProtocol, SecurityPolicy, ResponseFlags);
+label_value_via_as_str!(
+    Reporter,
+    RequestProtocol,
+    SecurityPolicy,
+    ResponseFlags,
+    MirrorResult
+);
 
 /// `grpc_response_status`: the code, or `-` for a response without one.
 struct GrpcStatus(Option<u16>);

@@ -168,6 +168,12 @@ impl RequestObserver {
         self.upstream = Some(addr);
     }
 
+    /// Flag the request for something the proxy did to it on its way (a delay injected); a
+    /// failure's flag replaces it.
+    pub(crate) fn set_flags(&mut self, flags: ResponseFlags) {
+        self.labels.response_flags = flags;
+    }
+
     /// Wrap the request body so that its bytes are counted.
     pub(crate) fn count_request<B>(&self, body: B) -> Body
     where
@@ -243,7 +249,10 @@ impl RequestObserver {
         }
         parts.version = version;
         self.labels.response_code = parts.status.as_u16();
-        self.labels.response_flags = flags;
+        // A flag set earlier (a delay injected) stays unless this one says more.
+        if flags != ResponseFlags::None {
+            self.labels.response_flags = flags;
+        }
         // A trailers-only gRPC response carries its status in the headers.
         let grpc_status = grpc_status(&parts.headers);
         // An empty body (a redirect, a 204) is never polled: the exchange is over already,

@@ -34,6 +34,7 @@ use routing::Decision;
 use trellis_identity::SpiffeId;
 
 mod attempt;
+mod mirror;
 mod routing;
 mod tcp;
 
@@ -45,6 +46,8 @@ pub(crate) struct Outbound {
     metrics: Metrics,
     /// This proxy's own listeners: passthrough never goes there (it would loop).
     own: Vec<SocketAddr>,
+    /// Request copies out at once (route mirrors), capped.
+    mirror_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Which listener accepted a connection.
@@ -96,6 +99,7 @@ impl Outbound {
             upstreams,
             metrics,
             own,
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
         }
     }
 
@@ -295,6 +299,23 @@ impl Outbound {
             timeouts.request = rule.timeout.unwrap_or(frontend.own.timeouts.request);
         }
 
+        // 2b. The rule's faults (FaultInjection): a delay before anything else, then an
+        //     abort answered here, never reaching the destination. A rule without is one branch.
+        if let Some(fault) = rule.and_then(|r| r.filters.fault.as_ref()) {
+            let injected = fault.roll(crate::balance::random_u64);
+            if injected.delay.is_some() {
+                obs.set_flags(ResponseFlags::DelayInjected);
+                injected.delay().await;
+            }
+            if let Some(abort) = injected.abort {
+                if let Some(d) = &dest {
+                    obs.set_service(d.fqdn.clone());
+                }
+                let resp = abort.response(req.headers(), ctx.version);
+                return obs.observe_response(resp, ctx.version, ResponseFlags::FaultInjected);
+            }
+        }
+
         // 3. The destination's limits (503 `UO` over them), then an endpoint: by its
         //    balancer, on the request's hash key if it hashes; outside the mesh, a captured
         //    request goes where the app was connecting, whatever its Host header says (it may
@@ -348,7 +369,7 @@ impl Outbound {
         }
 
         // 5. Header hygiene, at the edge of the mesh; then the rule's rewrite and header
-        //    modifiers. (Request mirroring and fault injection, issue 3, go here.)
+        //    modifiers; then copies for the rule's mirrors, sent on their own.
         let upgrade = headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
@@ -361,12 +382,16 @@ impl Outbound {
             rule.edit_request(&mut req);
         }
         let (parts, body) = req.into_parts();
-        let mut req = Request::from_parts(parts, obs.count_request(body));
+        let body = match rule.filter(|r| !r.mirrors.is_empty() && !upgrade) {
+            Some(rule) => obs.count_request(self.mirror(rule, &parts, body, &snapshot)),
+            None => obs.count_request(body),
+        };
+        let mut req = Request::from_parts(parts, body);
 
         // 6. Send it.
         let result = match downstream_upgrade {
-            Some(downstream) => {
-                self.upgrade(
+            Some(downstream) => self
+                .upgrade(
                     req,
                     downstream,
                     &upstream,
@@ -375,7 +400,7 @@ impl Outbound {
                     timeouts,
                 )
                 .await
-            }
+                .map(|r| r.map(crate::retry::UpstreamBody::new)),
             None => {
                 if let Some(d) = &dest {
                     req.headers_mut()
@@ -462,59 +487,14 @@ impl Outbound {
     /// Forward an ordinary request and return the upstream's response.
     async fn forward(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         ctx: ConnCtx,
         upstream: &Upstream,
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match upstream.mesh {
-            Some(peer) => {
-                // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
-                *req.uri_mut() = absolute(&authority, path)?;
-                let h = req.headers_mut();
-                let dst = (upstream.dst_header.clone())
-                    .unwrap_or_else(|| headers::addr_value(upstream.target));
-                h.insert(TRELLIS_DST, dst);
-                h.insert(
-                    TRELLIS_PROTO,
-                    HeaderValue::from_static(if ctx.version == Version::HTTP_2 {
-                        "h2"
-                    } else {
-                        "http1"
-                    }),
-                );
-                h.insert(TRELLIS_PEER, snapshot.node.peer_header.clone());
-                self.upstreams
-                    .send_h2(
-                        peer,
-                        upstream.identity.as_deref(),
-                        req,
-                        t.connect,
-                        t.request,
-                    )
-                    .await
-            }
-            None => {
-                headers::strip_internal(req.headers_mut());
-                if upstream.h2 || ctx.version == Version::HTTP_2 {
-                    *req.uri_mut() = absolute(&authority, path)?;
-                    self.upstreams
-                        .send_h2(upstream.target, None, req, t.connect, t.request)
-                        .await
-                } else {
-                    self.upstreams
-                        .send_h1(upstream.target, req, t.request)
-                        .await
-                }
-            }
-        }
+        let peer = &snapshot.node.peer_header;
+        forward(&self.upstreams, req, ctx.version, upstream, peer, t).await
     }
 
     /// An HTTP/1.1 upgrade (WebSocket): the request travels in a tunnel to the endpoint as
@@ -528,6 +508,7 @@ impl Outbound {
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let slot = connection_slot(dest)?;
         let tunnel = self.open_tunnel(upstream, dest, snapshot, t).await?;
         let addr = upstream.mesh.unwrap_or(upstream.target);
         let (mut send, conn) =
@@ -559,6 +540,8 @@ impl Outbound {
             let upstream = hyper::upgrade::on(&mut resp);
             let idle = t.idle;
             tokio::spawn(async move {
+                // Held while the upgraded connection is open.
+                let _slot = slot;
                 match tokio::try_join!(downstream, upstream) {
                     Ok((d, u)) => {
                         let relayed = relay(TokioIo::new(d), TokioIo::new(u), idle).await;
@@ -588,6 +571,10 @@ impl Outbound {
         t: Timeouts,
         version: Version,
     ) -> Response<Body> {
+        let slot = match connection_slot(dest) {
+            Ok(slot) => slot,
+            Err(error) => return obs.fail(&error, version),
+        };
         let tunnel = match self.open_tunnel(upstream, dest, snapshot, t).await {
             Ok(tunnel) => tunnel,
             Err(error) => return obs.fail(&error, version),
@@ -599,6 +586,8 @@ impl Outbound {
         let idle = t.idle;
         let mut tcp = obs.into_tcp(None);
         tokio::spawn(async move {
+            // Held while the tunnel is open.
+            let _slot = slot;
             let client = match on_upgrade.await {
                 Ok(upgraded) => TokioIo::new(upgraded),
                 Err(error) => {
@@ -660,6 +649,74 @@ impl Upstream {
             index: Some(i),
             dst_header: Some(ep.dst_header.clone()),
         }
+    }
+}
+
+/// Send an ordinary request to `upstream` (across the mesh: one HTTP/2 stream to its proxy,
+/// which restores the client's protocol `version`) and return the response.
+async fn forward(
+    upstreams: &Upstreams,
+    mut req: Request<Body>,
+    version: Version,
+    upstream: &Upstream,
+    peer_header: &HeaderValue,
+    t: Timeouts,
+) -> Result<Response<Incoming>, ProxyError> {
+    let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match upstream.mesh {
+        Some(peer) => {
+            // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
+            *req.uri_mut() = absolute(&authority, path)?;
+            let h = req.headers_mut();
+            let dst = (upstream.dst_header.clone())
+                .unwrap_or_else(|| headers::addr_value(upstream.target));
+            h.insert(TRELLIS_DST, dst);
+            h.insert(
+                TRELLIS_PROTO,
+                HeaderValue::from_static(if version == Version::HTTP_2 {
+                    "h2"
+                } else {
+                    "http1"
+                }),
+            );
+            h.insert(TRELLIS_PEER, peer_header.clone());
+            upstreams
+                .send_h2(
+                    peer,
+                    upstream.identity.as_deref(),
+                    req,
+                    t.connect,
+                    t.request,
+                )
+                .await
+        }
+        None => {
+            headers::strip_internal(req.headers_mut());
+            if upstream.h2 || version == Version::HTTP_2 {
+                *req.uri_mut() = absolute(&authority, path)?;
+                upstreams
+                    .send_h2(upstream.target, None, req, t.connect, t.request)
+                    .await
+            } else {
+                upstreams.send_h1(upstream.target, req, t.request).await
+            }
+        }
+    }
+}
+
+/// A new connection's place under its destination's `max_connections` (refused at once over
+/// it); nothing to hold outside the mesh's services.
+fn connection_slot(
+    dest: Option<&Destination>,
+) -> Result<Option<crate::limit::ConnectionSlot>, ProxyError> {
+    match dest.and_then(|d| Some((d, d.limiter.as_ref()?))) {
+        Some((d, limiter)) => limiter.connect(&d.fqdn).map(Some),
+        None => Ok(None),
     }
 }
 

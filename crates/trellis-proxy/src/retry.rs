@@ -1,6 +1,7 @@
 //! Retries: which failures are retried, how long to wait between tries, the budget that
-//! keeps retries from amplifying an outage ([`budget`]), and the request body kept for
-//! replay ([`replay`]). The loop itself is `outbound/attempt.rs`.
+//! keeps retries from amplifying an outage ([`budget`]), the request body kept for
+//! replay ([`replay`]), and the first frame of a gRPC response looked at for an error in its
+//! trailers ([`peek`]). The loop itself is `outbound/attempt.rs`.
 
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use trellis_model::{Retries, RetryOn};
 use crate::error::{Failure, ProxyError};
 
 pub(crate) mod budget;
+pub(crate) mod peek;
 pub(crate) mod replay;
 
 pub(crate) use budget::Budget;
+pub(crate) use peek::UpstreamBody;
 pub(crate) use replay::Replay;
 
 /// A service's retry policy, compiled for the request path.
@@ -22,6 +25,7 @@ pub(crate) struct RetryPolicy {
     pub(crate) attempts: u32,
     pub(crate) per_try_timeout: Option<Duration>,
     backoff: Duration,
+    max_backoff: Duration,
     on: Vec<RetryOn>,
 }
 
@@ -31,6 +35,7 @@ impl RetryPolicy {
             attempts: r.attempts,
             per_try_timeout: r.per_try_timeout,
             backoff: r.backoff,
+            max_backoff: r.max_backoff(),
             on: r.on.clone(),
         }
     }
@@ -38,22 +43,26 @@ impl RetryPolicy {
     /// Is a try that got this response worth retrying?
     pub(crate) fn retry_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         let code = status.as_u16();
-        let grpc = headers
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u8>().ok());
+        let grpc = grpc_status(headers);
         self.on.iter().any(|on| match on {
             RetryOn::ServerError => status.is_server_error(),
             RetryOn::GatewayError => matches!(code, 502..=504),
             RetryOn::Retriable4xx => code == 409,
             RetryOn::Status(s) => *s == code,
-            RetryOn::Cancelled => grpc == Some(1),
-            RetryOn::DeadlineExceeded => grpc == Some(4),
-            RetryOn::ResourceExhausted => grpc == Some(8),
-            RetryOn::Internal => grpc == Some(13),
-            RetryOn::Unavailable => grpc == Some(14),
-            RetryOn::Reset | RetryOn::ConnectFailure | RetryOn::RefusedStream => false,
+            _ => grpc.is_some_and(|g| grpc_condition(*on, g)),
         })
+    }
+
+    /// Is a gRPC status that came in trailers (after the response headers) worth retrying?
+    pub(crate) fn retry_grpc_trailers(&self, trailers: &HeaderMap) -> bool {
+        grpc_status(trailers).is_some_and(|g| self.on.iter().any(|on| grpc_condition(*on, g)))
+    }
+
+    /// Does the policy retry on any gRPC status?
+    pub(crate) fn has_grpc_conditions(&self) -> bool {
+        self.on
+            .iter()
+            .any(|on| (0..=16).any(|g| grpc_condition(*on, g)))
     }
 
     /// Is a try that failed with this error worth retrying?
@@ -74,16 +83,37 @@ impl RetryPolicy {
         })
     }
 
-    /// The wait before retry `n` (1, 2, ...): full jitter over `backoff × 2^(n-1)`, at most
-    /// ten times `backoff`.
+    /// The wait before retry `n` (1, 2, ...): full jitter (AWS's name: a uniform draw from
+    /// zero) below `backoff × 2^(n-1)`, capped at `max_backoff`.
     pub(crate) fn backoff(&self, n: u32) -> Duration {
-        let cap = self.backoff.saturating_mul(10);
-        let ceiling = self
-            .backoff
-            .saturating_mul(1 << n.saturating_sub(1).min(16))
-            .min(cap);
         let unit = (crate::balance::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ceiling.mul_f64(unit)
+        self.backoff_ceiling(n).mul_f64(unit)
+    }
+
+    /// The most retry `n` may wait.
+    fn backoff_ceiling(&self, n: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << n.saturating_sub(1).min(16))
+            .min(self.max_backoff)
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u8> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+}
+
+/// Does retry condition `on` name gRPC status `code`?
+fn grpc_condition(on: RetryOn, code: u8) -> bool {
+    match on {
+        RetryOn::Cancelled => code == 1,
+        RetryOn::DeadlineExceeded => code == 4,
+        RetryOn::ResourceExhausted => code == 8,
+        RetryOn::Internal => code == 13,
+        RetryOn::Unavailable => code == 14,
+        _ => false,
     }
 }
 
@@ -97,6 +127,7 @@ mod tests {
             on: on.to_vec(),
             per_try_timeout: None,
             backoff: Duration::from_millis(25),
+            max_backoff: None,
             budget: Default::default(),
         })
     }
@@ -119,6 +150,12 @@ mod tests {
         assert!(p.retry_response(StatusCode::OK, &grpc));
         grpc.insert("grpc-status", "13".parse().unwrap());
         assert!(!p.retry_response(StatusCode::OK, &grpc));
+        // The same conditions apply to a status in trailers.
+        assert!(!p.retry_grpc_trailers(&grpc));
+        grpc.insert("grpc-status", "14".parse().unwrap());
+        assert!(p.retry_grpc_trailers(&grpc));
+        assert!(p.has_grpc_conditions());
+        assert!(!policy(&[RetryOn::ServerError, RetryOn::Status(503)]).has_grpc_conditions());
     }
 
     #[test]
@@ -149,5 +186,31 @@ mod tests {
             assert!(p.backoff(2) <= Duration::from_millis(50));
             assert!(p.backoff(9) <= Duration::from_millis(250));
         }
+        assert_eq!(p.backoff_ceiling(9), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_below_a_ceiling_capped_at_max_backoff() {
+        let p = RetryPolicy::new(&Retries {
+            attempts: 5,
+            on: Vec::new(),
+            per_try_timeout: None,
+            backoff: Duration::from_millis(10),
+            max_backoff: Some(Duration::from_millis(35)),
+            budget: Default::default(),
+        });
+        let ms = Duration::from_millis;
+        let ceilings: Vec<Duration> = (1..=5).map(|n| p.backoff_ceiling(n)).collect();
+        assert_eq!(ceilings, [ms(10), ms(20), ms(35), ms(35), ms(35)]);
+        // Full jitter: draws spread over the whole range below the ceiling, not near it.
+        let draws: Vec<Duration> = (0..2000).map(|_| p.backoff(4)).collect();
+        assert!(draws.iter().all(|d| *d <= ms(35)));
+        assert!(draws.iter().any(|d| *d < ms(5)), "no short waits");
+        assert!(draws.iter().any(|d| *d > ms(30)), "no long waits");
+        let mean = draws.iter().sum::<Duration>() / draws.len() as u32;
+        assert!(
+            (ms(14)..=ms(21)).contains(&mean),
+            "mean {mean:?}, expected about half the ceiling"
+        );
     }
 }

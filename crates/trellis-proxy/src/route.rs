@@ -34,7 +34,7 @@ use http::header::{HeaderMap, HeaderName};
 use http::{Method, Uri};
 use regex::Regex;
 use trellis_model::{
-    PathMatchKind, Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, ValueMatch,
+    PathMatchKind, Percent, Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, ValueMatch,
     ValueMatchKind,
 };
 
@@ -71,8 +71,8 @@ pub struct Rule<B> {
     backends: Weighted<B>,
     /// Instead of the service's request timeout; zero for none.
     pub(crate) timeout: Option<Duration>,
-    // Request mirrors and fault injection (issue 3) belong here, beside the filters, and are
-    // applied in `outbound.rs` where the filters are.
+    /// Where copies of a share of the requests go (`mirror` filters); empty for most rules.
+    pub(crate) mirrors: Box<[(B, Percent)]>,
 }
 
 /// A table that cannot be built: the model's validation accepts what it can check without a
@@ -235,12 +235,25 @@ impl<B> Rule<B> {
             _ => None,
         };
         let filters: Vec<&RouteFilter> = rule.filters.iter().collect();
+        let mut mirrors = Vec::new();
+        for filter in &filters {
+            if let RouteFilter::Mirror(m) = filter {
+                let target = RouteBackend {
+                    service: m.service.clone(),
+                    namespace: m.namespace.clone(),
+                    port: m.port,
+                    weight: 1,
+                };
+                mirrors.push((resolve(route, namespace, &target, backend)?, m.percent));
+            }
+        }
         Ok(Self {
             route: route.clone(),
             prefix,
             filters: Filters::build(route, &filters)?,
             backends: Weighted::new(backends),
             timeout: rule.timeout,
+            mirrors: mirrors.into(),
         })
     }
 

@@ -70,9 +70,14 @@ pub struct Retries {
     /// A limit on each try; absent, the request timeout is the only limit.
     #[serde(default, with = "crate::duration::serde_option_duration")]
     pub per_try_timeout: Option<Duration>,
-    /// The first wait between tries; each next one doubles, up to 10×, with full jitter.
+    /// The first wait between tries (above zero); each next one doubles, up to
+    /// `max_backoff`, and the wait is drawn at random below that (full jitter).
     #[serde(default = "default_backoff", with = "crate::duration::serde_duration")]
     pub backoff: Duration,
+    /// The longest wait between tries (at least `backoff`); absent, ten times `backoff`
+    /// (Envoy's default).
+    #[serde(default, with = "crate::duration::serde_option_duration")]
+    pub max_backoff: Option<Duration>,
     #[serde(default)]
     pub budget: RetryBudget,
 }
@@ -154,8 +159,10 @@ pub struct OutlierDetection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Connections to the service's endpoints (HTTP/1.1 ones; to a peer proxy there is one
-    /// multiplexed HTTP/2 connection).
+    /// Connections open to the service at once: each opaque TCP connection, `CONNECT`
+    /// tunnel or upgraded (WebSocket) connection relayed to it. HTTP requests share the one
+    /// multiplexed HTTP/2 connection per peer proxy and do not count (`max_requests` bounds
+    /// them). Over the limit a connection is refused at once (503 `UO`, or closed).
     #[serde(default)]
     pub max_connections: Option<u32>,
     /// Requests waiting for a `max_requests` slot; absent, none wait.
@@ -200,6 +207,14 @@ impl Default for OutlierDetection {
             max_ejection_time: default_max_ejection(),
             max_ejection_percent: default_max_ejection_percent(),
         }
+    }
+}
+
+impl Retries {
+    /// The longest wait between tries: `max_backoff`, else ten times `backoff`.
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+            .unwrap_or_else(|| self.backoff.saturating_mul(10))
     }
 }
 

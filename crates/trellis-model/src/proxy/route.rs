@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Percent;
+
 /// One route on a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +131,63 @@ pub enum RouteFilter {
     /// Answer with a redirect instead of forwarding (a rule with a redirect has no backends).
     RequestRedirect(RequestRedirect),
     UrlRewrite(UrlRewrite),
+    /// Send a copy of a share of the requests to another service, ignoring its answers
+    /// (Gateway API `RequestMirror`). A rule may have several.
+    Mirror(RequestMirror),
+    /// Delay or abort a share of the requests (a `FaultInjection` the route refers to); one per
+    /// rule.
+    Fault(FaultInjection),
+}
+
+/// Where copies of requests go, and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMirror {
+    /// A service of this config.
+    pub service: String,
+    /// Absent: the namespace of the service the route is on.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A port of that service.
+    pub port: u16,
+    /// The share of the rule's requests copied (0 to 100, fractions allowed).
+    #[serde(default)]
+    pub percent: Percent,
+}
+
+/// Faults for testing how callers cope (Istio's `HTTPFaultInjection`): a delay before the
+/// request is forwarded, and an abort that answers it without contacting the backend. Each
+/// applies to its own share of the requests, drawn independently; a request may get both (the
+/// delay first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    #[serde(with = "crate::duration::serde_duration")]
+    pub duration: Duration,
+    #[serde(default)]
+    pub percent: Percent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The HTTP status of the answer (200 to 599).
+    pub status: u16,
+    /// For a gRPC request: answer HTTP 200 with this `grpc-status` (0 to 16) instead; absent,
+    /// a gRPC request gets the status Envoy maps `status` to (503 → 14 UNAVAILABLE).
+    #[serde(default)]
+    pub grpc_status: Option<u8>,
+    #[serde(default)]
+    pub percent: Percent,
 }
 
 /// Header changes, applied as `set`, then `add`, then `remove`.

@@ -13,9 +13,11 @@
 //! A TrafficPolicy's load balancer, retries, outlier detection and connection limits become
 //! the Service's `policy`.
 //!
-//! What does not (yet): `listeners`, `identity` and `control` are the caller's to set; route
-//! mirrors wait for the proxy config to carry them. A proxy sees the Services exported to its
-//! namespace (`exportTo`, all by default).
+//! Route filters carry over, with a rule's `RequestMirror`s as `mirror` filters and the
+//! FaultInjection an `ExtensionRef` names copied in as a `fault` filter.
+//!
+//! What does not: `listeners`, `identity` and `control` are the caller's to set. A proxy sees
+//! the Services exported to its namespace (`exportTo`, all by default).
 //!
 //! [`Compiler`] does the work shared by every proxy (selectors, endpoints, producer routes)
 //! once per set of resources, so that each proxy costs a copy of the Services plus its
@@ -373,7 +375,10 @@ fn service_policy(spec: &TrafficPolicySpec) -> Option<proxy::ServicePolicy> {
         attempts: r.attempts,
         on: r.on.clone(),
         per_try_timeout: r.per_try_timeout,
-        backoff: crate::proxy::policy::default_backoff(),
+        backoff: r
+            .backoff
+            .map_or_else(crate::proxy::policy::default_backoff, |b| b.base_interval),
+        max_backoff: r.backoff.and_then(|b| b.max_interval),
         budget: r
             .budget
             .map(|b| proxy::RetryBudget {

@@ -268,7 +268,7 @@ impl Refs<'_> {
 
     /// GAMMA: a route's parents are Services (with the port given, if any, and a port the
     /// route's protocol can run on); its backends and mirrors are Services in the route's
-    /// namespace, with the port given.
+    /// namespace, with the port given; its extensionRefs name FaultInjections there.
     fn routes<R: Route>(&self, docs: &mut Docs, kind: Kind, routes: &[Resource<R>]) {
         for (i, route) in routes.iter().enumerate() {
             let ns = route.metadata.namespace.as_str();
@@ -350,6 +350,38 @@ impl Refs<'_> {
                     docs.of(kind, i)
                         .report(&port_path, &[], no_port(service, port));
                 }
+            }
+            for (path, name) in route.spec.extension_refs() {
+                // A filter of the rule that could not be read shifts the indexes of the others:
+                // the path would be wrong, and the problem is reported already.
+                let rule_filters = path
+                    .find(".filters[")
+                    .map_or(&path[..], |at| &path[..at + 8]);
+                if docs.failed(kind, i, rule_filters) {
+                    continue;
+                }
+                let found = self
+                    .resources
+                    .fault_injections
+                    .iter()
+                    .any(|f| f.metadata.namespace == ns && f.metadata.name == name);
+                if found || name.is_empty() {
+                    continue;
+                }
+                let there = self
+                    .resources
+                    .fault_injections
+                    .iter()
+                    .filter(|f| f.metadata.namespace == ns)
+                    .map(|f| f.metadata.name.as_str());
+                let reason = format!(
+                    "no FaultInjection {} in namespace {} (FaultInjections there: {}); an \
+                     extensionRef names one in the route's namespace",
+                    quoted(name),
+                    quoted(ns),
+                    some(there)
+                );
+                docs.of(kind, i).report(&path, &[], reason);
             }
         }
     }
@@ -458,6 +490,7 @@ fn metadata_of(resources: &Resources, kind: Kind) -> Vec<&Metadata> {
         Kind::GrpcRoute => metas(&resources.grpc_routes),
         Kind::PeerAuthentication => metas(&resources.peer_authentications),
         Kind::AuthorizationPolicy => metas(&resources.authorization_policies),
+        Kind::FaultInjection => metas(&resources.fault_injections),
     }
 }
 

@@ -108,6 +108,8 @@ pub enum HttpFilter {
     RequestRedirect(Redirect),
     UrlRewrite(UrlRewrite),
     RequestMirror(Mirror),
+    /// Trellis's one extension filter: a `FaultInjection` in the route's namespace.
+    ExtensionRef(ExtensionRef),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +117,14 @@ pub enum GrpcFilter {
     RequestHeaderModifier(HeaderModifier),
     ResponseHeaderModifier(HeaderModifier),
     RequestMirror(Mirror),
+    ExtensionRef(ExtensionRef),
+}
+
+/// `extensionRef: { group: trellis.dev, kind: FaultInjection, name }`: the group and kind are
+/// checked when decoding, so only the name is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionRef {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,8 +172,9 @@ pub struct Mirror {
     pub name: String,
     pub namespace: Option<String>,
     pub port: u16,
-    /// The share of requests mirrored; absent, all of them.
-    pub percent: Option<u32>,
+    /// The share of requests mirrored (`percent`, or `fraction` as a percentage); absent,
+    /// all of them.
+    pub percent: Option<crate::Percent>,
 }
 
 /// Gateway API route timeouts: `request` for the whole exchange (retries included),
@@ -202,6 +213,8 @@ pub(super) trait Route {
     /// Each backend and mirror target with its path under `spec`: `(path, name, namespace,
     /// port)`.
     fn service_refs(&self) -> Vec<(String, &str, Option<&str>, u16)>;
+    /// Each `extensionRef` (a FaultInjection's name) with its path under `spec`.
+    fn extension_refs(&self) -> Vec<(String, &str)>;
 }
 
 impl Default for HttpRouteMatch {
@@ -239,6 +252,18 @@ impl Route for HttpRouteSpec {
         }
         refs
     }
+    fn extension_refs(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, filter) in rule.filters.iter().enumerate() {
+                if let HttpFilter::ExtensionRef(e) = filter {
+                    let path = format!("spec.rules[{i}].filters[{j}].extensionRef.name");
+                    refs.push((path, e.name.as_str()));
+                }
+            }
+        }
+        refs
+    }
 }
 
 impl Route for GrpcRouteSpec {
@@ -257,6 +282,18 @@ impl Route for GrpcRouteSpec {
                 if let GrpcFilter::RequestMirror(m) = filter {
                     let path = format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef");
                     refs.push((path, m.name.as_str(), m.namespace.as_deref(), m.port));
+                }
+            }
+        }
+        refs
+    }
+    fn extension_refs(&self) -> Vec<(String, &str)> {
+        let mut refs = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            for (j, filter) in rule.filters.iter().enumerate() {
+                if let GrpcFilter::ExtensionRef(e) = filter {
+                    let path = format!("spec.rules[{i}].filters[{j}].extensionRef.name");
+                    refs.push((path, e.name.as_str()));
                 }
             }
         }

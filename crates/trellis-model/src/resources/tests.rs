@@ -618,10 +618,17 @@ spec:
     );
     assert_error(
         &errors,
-        l(20),
-        "spec.rules[0].filters[3].type",
-        "no extension filters",
+        l(21),
+        "spec.rules[0].filters[3].extensionRef.group",
+        "\"x\" is not an extension group Trellis knows (Trellis's one extension filter is group trellis.dev, kind FaultInjection)",
     );
+    assert_error(
+        &errors,
+        l(21),
+        "spec.rules[0].filters[3].extensionRef.kind",
+        "\"y\" is not an extension filter Trellis knows",
+    );
+
     assert_error(
         &errors,
         l(22),
@@ -646,7 +653,142 @@ spec:
         "spec.rules[1].timeouts.backendRequest",
         "longer than the request timeout",
     );
-    assert_eq!(errors.len(), 16, "{errors:#?}");
+    assert_eq!(errors.len(), 17, "{errors:#?}");
+}
+
+#[test]
+fn fault_injections_and_the_routes_that_use_them() {
+    let good = "\
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: { name: flaky, namespace: shop }
+spec:
+  delay: { fixedDelay: 100ms, percentage: 10 }
+  abort: { httpStatus: 503, grpcStatus: UNAVAILABLE, percentage: { value: 0.5 } }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: { name: g, namespace: shop }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: reviews }]
+  rules:
+    - filters:
+        - type: ExtensionRef
+          extensionRef: { group: trellis.dev, kind: FaultInjection, name: flaky }
+        - type: RequestMirror
+          requestMirror:
+            backendRef: { name: reviews-v2, port: 9080 }
+            fraction: { numerator: 1, denominator: 3 }
+      backendRefs: [{ name: reviews-v1, port: 9080 }]
+";
+    let routes = format!("{ROUTES}---\n{good}");
+    let r = load_ok(&[("shop.yaml", SHOP), ("routes.yaml", &routes)]);
+    let fault = &r.fault_injections[0].spec;
+    assert_eq!(
+        fault.delay,
+        Some(FaultDelay {
+            fixed_delay: Duration::from_millis(100),
+            percentage: crate::Percent::new(10.0).unwrap(),
+        })
+    );
+    let abort = fault.abort.unwrap();
+    assert_eq!((abort.http_status, abort.grpc_status), (503, Some(14)));
+    assert_eq!(abort.percentage.per_million(), 5_000);
+    let rule = &r.grpc_routes[1].spec.rules[0];
+    let GrpcFilter::RequestMirror(mirror) = &rule.filters[1] else {
+        panic!("{:?}", rule.filters)
+    };
+    assert_eq!(mirror.percent, crate::Percent::fraction(1, 3));
+
+    let errors = shop_with(
+        "\
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: { name: bad, namespace: shop }
+spec:
+  delay: { fixedDelay: 0s, percentage: 120 }
+  abort: { httpStatus: 100, grpcStatus: SOMETIMES }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: { name: empty, namespace: shop }
+spec: {}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: h, namespace: shop }
+spec:
+  parentRefs: [{ group: \"\", kind: Service, name: reviews }]
+  rules:
+    - filters:
+        - type: ExtensionRef
+          extensionRef: { group: trellis.dev, kind: FaultInjection, name: missing }
+        - type: ExtensionRef
+          extensionRef: { group: trellis.dev, kind: FaultInjection, name: bad }
+        - type: RequestMirror
+          requestMirror:
+            backendRef: { name: reviews-v2, port: 9080 }
+            percent: 10
+            fraction: { numerator: 2, denominator: 1 }
+      backendRefs: [{ name: reviews-v1, port: 9080 }]
+",
+    );
+    let l = extra_line;
+    assert_error(
+        &errors,
+        l(5),
+        "spec.delay.fixedDelay",
+        "must be more than 0s",
+    );
+    assert_error(
+        &errors,
+        l(5),
+        "spec.delay.percentage",
+        "120 is not a percentage (a number from 0 to 100)",
+    );
+    assert_error(
+        &errors,
+        l(6),
+        "spec.abort.httpStatus",
+        "100 is not an HTTP status for an abort (200 to 599)",
+    );
+    assert_error(
+        &errors,
+        l(6),
+        "spec.abort.grpcStatus",
+        "\"SOMETIMES\" is not a gRPC status (a number from 0 to 16, or one of: OK, CANCELLED",
+    );
+    assert_error(
+        &errors,
+        l(11),
+        "spec",
+        "a FaultInjection needs a delay, an abort or both",
+    );
+    assert_error(
+        &errors,
+        l(21),
+        "spec.rules[0].filters[0].extensionRef.name",
+        "no FaultInjection \"missing\" in namespace \"shop\" (FaultInjections there: bad, empty)",
+    );
+    assert_error(
+        &errors,
+        l(22),
+        "spec.rules[0].filters[1].type",
+        "a rule may have one ExtensionRef filter (the first is filters[0])",
+    );
+    assert_error(
+        &errors,
+        l(28),
+        "spec.rules[0].filters[2].requestMirror.fraction",
+        "2/1 is not a fraction of the requests",
+    );
+    assert_error(
+        &errors,
+        l(28),
+        "spec.rules[0].filters[2].requestMirror.fraction",
+        "give percent or fraction, not both",
+    );
+    assert_eq!(errors.len(), 9, "{errors:#?}");
 }
 
 #[test]
@@ -789,6 +931,16 @@ metadata: { name: hashing, namespace: shop }
 spec:
   targetRef: { kind: Service, name: reviews-v1 }
   loadBalancer: { type: roundRobin, hashOn: { header: x-user, sourceIP: true } }
+  retries:
+    attempts: 1
+    backoff: { baseInterval: 100ms, maxInterval: 50ms }
+---
+apiVersion: trellis.dev/v1alpha1
+kind: TrafficPolicy
+metadata: { name: backoff, namespace: shop }
+spec:
+  targetRef: { kind: Service, name: reviews-v2 }
+  retries: { attempts: 1, backoff: { baseInterval: 0s, maxSleep: 1s } }
 ",
     );
     let l = extra_line;
@@ -865,7 +1017,25 @@ spec:
         "spec.loadBalancer.hashOn",
         "exactly one of header, cookie or sourceIP (found header, sourceIP)",
     );
-    assert_eq!(errors.len(), 13, "{errors:#?}");
+    assert_error(
+        &errors,
+        l(20),
+        "spec.retries.backoff.maxInterval",
+        "50ms is shorter than baseInterval (100ms)",
+    );
+    assert_error(
+        &errors,
+        l(27),
+        "spec.retries.backoff.baseInterval",
+        "must be more than 0s",
+    );
+    assert_error(
+        &errors,
+        l(27),
+        "spec.retries.backoff.maxSleep",
+        "unknown field \"maxSleep\" (expected one of: baseInterval, maxInterval)",
+    );
+    assert_eq!(errors.len(), 16, "{errors:#?}");
 }
 
 #[test]

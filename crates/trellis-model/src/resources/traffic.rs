@@ -25,7 +25,8 @@ const FIELDS: &[&str] = &[
 const TARGET_REF_FIELDS: &[&str] = &["group", "kind", "name"];
 const LOAD_BALANCER_FIELDS: &[&str] = &["type", "hashOn"];
 const HASH_ON_FIELDS: &[&str] = &["header", "cookie", "sourceIP"];
-const RETRY_FIELDS: &[&str] = &["attempts", "on", "perTryTimeout", "budget"];
+const RETRY_FIELDS: &[&str] = &["attempts", "on", "perTryTimeout", "backoff", "budget"];
+const BACKOFF_FIELDS: &[&str] = &["baseInterval", "maxInterval"];
 const BUDGET_FIELDS: &[&str] = &["percent", "minRetriesPerSecond", "ttl"];
 const OUTLIER_FIELDS: &[&str] = &[
     "consecutive5xx",
@@ -90,7 +91,19 @@ pub struct Retries {
     pub on: Vec<RetryOn>,
     /// A limit on each try; absent, the request timeout is the only limit.
     pub per_try_timeout: Option<Duration>,
+    /// The wait between tries; absent, 25 ms doubling up to 250 ms.
+    pub backoff: Option<RetryBackoff>,
     pub budget: Option<RetryBudget>,
+}
+
+/// Envoy's `retry_back_off`: the wait before retry `n` is drawn at random below
+/// `baseInterval × 2^(n-1)`, capped at `maxInterval` (full jitter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// Above zero.
+    pub base_interval: Duration,
+    /// At least `base_interval`; absent, ten times it.
+    pub max_interval: Option<Duration>,
 }
 
 /// Retries may add at most `percent` of the requests on top, plus `min_retries_per_second`,
@@ -313,6 +326,7 @@ impl Decoder {
                 ]
             }),
             per_try_timeout: self.optional(&f, "perTryTimeout", Self::duration),
+            backoff: self.optional(&f, "backoff", |d, n, p| d.retry_backoff(n, p)),
             budget: self.optional(&f, "budget", |d, n, p| Some(d.retry_budget(n, p))),
         };
         if retries.per_try_timeout.is_some_and(|t| t.is_zero()) {
@@ -323,6 +337,31 @@ impl Decoder {
             );
         }
         retries
+    }
+
+    fn retry_backoff(&mut self, node: &Node, path: &str) -> Option<RetryBackoff> {
+        let f = self.fields(node, path, BACKOFF_FIELDS);
+        let base = self.required(&f, "baseInterval", Self::duration);
+        let max = self.optional(&f, "maxInterval", Self::duration);
+        if base.is_some_and(|b| b.is_zero()) {
+            self.report(&format!("{path}.baseInterval"), &[], "must be more than 0s");
+        }
+        if let (Some(base), Some(max)) = (base, max) {
+            if max < base {
+                let reason = format!(
+                    "{} is shorter than baseInterval ({}): the longest wait cannot be below the \
+                     first",
+                    crate::format_duration(max),
+                    crate::format_duration(base)
+                );
+                let base_path = format!("{path}.baseInterval");
+                self.report(&format!("{path}.maxInterval"), &[&base_path], reason);
+            }
+        }
+        Some(RetryBackoff {
+            base_interval: base?,
+            max_interval: max,
+        })
     }
 
     fn retry_budget(&mut self, node: &Node, path: &str) -> RetryBudget {

@@ -33,8 +33,35 @@ impl Checker<'_> {
         for (k, rule) in route.rules.iter().enumerate() {
             let rule_path = format!("{path}.rules[{k}]");
             self.rule_filters(&rule_path, rule);
-            for (b, backend) in rule.backends.iter().enumerate() {
-                let at = format!("{rule_path}.backends[{b}]");
+            let mirrors = rule
+                .filters
+                .iter()
+                .enumerate()
+                .filter_map(|(m, f)| match f {
+                    RouteFilter::Mirror(mirror) => Some((
+                        format!("{rule_path}.filters[{m}].mirror"),
+                        &mirror.service,
+                        mirror.namespace.as_deref(),
+                        mirror.port,
+                    )),
+                    _ => None,
+                });
+            let backends = rule.backends.iter().enumerate().map(|(b, backend)| {
+                (
+                    format!("{rule_path}.backends[{b}]"),
+                    &backend.service,
+                    backend.namespace.as_deref(),
+                    backend.port,
+                )
+            });
+            let targets: Vec<_> = backends.chain(mirrors).collect();
+            for (at, backend_service, backend_namespace, backend_port) in targets {
+                let backend = crate::proxy::RouteBackend {
+                    service: backend_service.clone(),
+                    namespace: backend_namespace.map(str::to_string),
+                    port: backend_port,
+                    weight: 1,
+                };
                 let namespace = backend.namespace.as_deref().unwrap_or(&service.namespace);
                 let found = services
                     .iter()
@@ -83,6 +110,9 @@ impl Checker<'_> {
                 RouteFilter::ResponseHeaderModifier(_) => ("response_header_modifier", None),
                 RouteFilter::RequestRedirect(r) => ("request_redirect", r.path.as_ref()),
                 RouteFilter::UrlRewrite(r) => ("url_rewrite", r.path.as_ref()),
+                // A rule may copy its requests to several services.
+                RouteFilter::Mirror(_) => continue,
+                RouteFilter::Fault(_) => ("fault", None),
             };
             let at = format!("{path}.filters[{m}].{kind}");
             let repeated = seen

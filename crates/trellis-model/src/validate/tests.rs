@@ -12,9 +12,10 @@ use super::decode::policy::{
     POLICY_FIELDS as SERVICE_POLICY_FIELDS, RETRY_FIELDS,
 };
 use super::decode::route::{
-    BACKEND_FIELDS, FILTER_KINDS, HEADER_FIELDS, HEADER_MODIFIER_FIELDS, MATCH_FIELDS,
-    PATH_MATCH_FIELDS, PATH_MATCH_KINDS, PATH_MODIFIER_KINDS, REDIRECT_FIELDS, REWRITE_FIELDS,
-    ROUTE_FIELDS, RULE_FIELDS, VALUE_MATCH_FIELDS, VALUE_MATCH_KINDS,
+    BACKEND_FIELDS, FAULT_ABORT_FIELDS, FAULT_DELAY_FIELDS, FAULT_FIELDS, FILTER_KINDS,
+    HEADER_FIELDS, HEADER_MODIFIER_FIELDS, MATCH_FIELDS, MIRROR_FIELDS, PATH_MATCH_FIELDS,
+    PATH_MATCH_KINDS, PATH_MODIFIER_KINDS, REDIRECT_FIELDS, REWRITE_FIELDS, ROUTE_FIELDS,
+    RULE_FIELDS, VALUE_MATCH_FIELDS, VALUE_MATCH_KINDS,
 };
 use super::decode::{
     APP_FIELDS, APP_PORT_FIELDS, DEFAULT_NAMESPACE, ENDPOINT_FIELDS, INGRESS_FIELDS,
@@ -205,7 +206,7 @@ fn field_lists_match_serde() {
     let (rule, redirect_rule) = (&route["rules"][0], &route["rules"][1]);
     let filters = &rule["filters"];
     let redirect = &redirect_rule["filters"][0]["request_redirect"];
-    let route_cases: [(&Json, &[&str]); 10] = [
+    let route_cases: [(&Json, &[&str]); 14] = [
         (route, ROUTE_FIELDS),
         (rule, RULE_FIELDS),
         (&rule["matches"][0], MATCH_FIELDS),
@@ -222,6 +223,10 @@ fn field_lists_match_serde() {
         ),
         (redirect, REDIRECT_FIELDS),
         (&filters[2]["url_rewrite"], REWRITE_FIELDS),
+        (&filters[3]["mirror"], MIRROR_FIELDS),
+        (&filters[4]["fault"], FAULT_FIELDS),
+        (&filters[4]["fault"]["delay"], FAULT_DELAY_FIELDS),
+        (&filters[4]["fault"]["abort"], FAULT_ABORT_FIELDS),
     ];
     let policy = &json["authorization"]["policies"][0];
     let policy_rule = &policy["rules"][0];
@@ -317,7 +322,9 @@ fn field_lists_match_serde() {
             RouteFilter::RequestHeaderModifier(_)
             | RouteFilter::ResponseHeaderModifier(_)
             | RouteFilter::RequestRedirect(_)
-            | RouteFilter::UrlRewrite(_) => {}
+            | RouteFilter::UrlRewrite(_)
+            | RouteFilter::Mirror(_)
+            | RouteFilter::Fault(_) => {}
         }
         match m {
             PathModifier::ReplaceFullPath(_) | PathModifier::ReplacePrefixMatch(_) => {}
@@ -399,6 +406,11 @@ fn full_route() -> Json {
                     { "url_rewrite": {
                         "hostname": "reviews.example",
                         "path": { "replace_prefix_match": "/v2" },
+                    } },
+                    { "mirror": { "service": "reviews", "namespace": "shop", "port": 9080, "percent": 12.5 } },
+                    { "fault": {
+                        "delay": { "duration": "100ms", "percent": 10 },
+                        "abort": { "status": 503, "grpc_status": 14, "percent": 0.5 },
                     } },
                 ],
                 "backends": [{ "service": "reviews", "namespace": "shop", "port": 9080, "weight": 90 }],
@@ -484,6 +496,100 @@ fn routes_load_with_their_defaults() {
 }
 
 #[test]
+fn mirror_and_fault_filters_load_and_their_mistakes_are_reported() {
+    let config = load_ok(&with_routes(
+        "      - rules:
+          - filters:
+              - { mirror: { service: ratings, namespace: shop, port: 80 } }
+              - { mirror: { service: reviews, port: 9080, percent: 0.5 } }
+              - { fault: { abort: { status: 503 } } }
+            backends: [{ service: reviews, port: 9080 }]
+",
+    ));
+    let filters = &config.services[0].routes[0].rules[0].filters;
+    let RouteFilter::Mirror(all) = &filters[0] else {
+        panic!("{filters:?}")
+    };
+    assert_eq!(all.percent, crate::Percent::ALL);
+    let RouteFilter::Mirror(half) = &filters[1] else {
+        panic!("{filters:?}")
+    };
+    assert_eq!(half.percent.per_million(), 5_000);
+    let RouteFilter::Fault(fault) = &filters[2] else {
+        panic!("{filters:?}")
+    };
+    assert_eq!(fault.delay, None);
+    assert_eq!(
+        fault.abort.map(|a| (a.status, a.percent)),
+        Some((503, crate::Percent::ALL))
+    );
+
+    let errors = load_err(&with_routes(
+        "      - rules:
+          - filters:
+              - { mirror: { service: nowhere, port: 80, percent: 101 } }
+              - { mirror: { service: ratings, namespace: shop, port: 81 } }
+              - { fault: { delay: { duration: 1s, percent: ten }, abort: { status: 99, grpc_status: 17 } } }
+              - { fault: { abort: { status: 500 } } }
+            backends: [{ service: reviews, port: 9080 }]
+          - filters: [{ fault: {} }]
+            backends: [{ service: reviews, port: 9080 }]
+",
+    ));
+    let at = "services[0].routes[0].rules[0].filters";
+    assert_error(
+        &errors,
+        8,
+        &format!("{at}[0].mirror.percent"),
+        "101 is not a percentage",
+    );
+    assert_error(
+        &errors,
+        8,
+        &format!("{at}[0].mirror.service"),
+        "no service \"nowhere\" in namespace \"default\"",
+    );
+    assert_error(
+        &errors,
+        9,
+        &format!("{at}[1].mirror.port"),
+        "81 is not a port of service \"ratings\"",
+    );
+    let fault = format!("{at}[2].fault");
+    assert_error(
+        &errors,
+        10,
+        &format!("{fault}.delay.percent"),
+        "ten is not a percentage",
+    );
+    assert_error(
+        &errors,
+        10,
+        &format!("{fault}.abort.status"),
+        "99 is not an HTTP status (200 to 599)",
+    );
+    assert_error(
+        &errors,
+        10,
+        &format!("{fault}.abort.grpc_status"),
+        "17 is not a gRPC status code (0 to 16)",
+    );
+    assert_error(
+        &errors,
+        13,
+        "services[0].routes[0].rules[1].filters[0].fault",
+        "a fault needs a delay, an abort or both",
+    );
+    assert_error(
+        &errors,
+        11,
+        &format!("{at}[3].fault"),
+        "a rule may have one fault (the first is filters[2])",
+    );
+    assert_eq!(errors.len(), 8, "{errors:#?}");
+}
+
+#[test]
 fn route_mistakes_are_reported_with_line_and_field() {
     let text = with_routes(
         "      - port: 8080
@@ -501,7 +607,7 @@ fn route_mistakes_are_reported_with_line_and_field() {
           - filters:
               - { request_redirect: { status_code: 305, scheme: ftp } }
               - { url_rewrite: { path: { replace_prefix_match: /v2 } } }
-              - { mirror: {} }
+              - { mirroring: {} }
           - filters:
               - { request_header_modifier: { set: [{ name: x, value: y }] }, url_rewrite: {} }
           - matches: [{ path: { type: exact, value: /a } }]
@@ -591,13 +697,13 @@ fn route_mistakes_are_reported_with_line_and_field() {
         &errors,
         21,
         &format!("{at}.rules[1].filters[2]"),
-        "unknown filter \"mirror\" (expected one of: request_header_modifier, response_header_modifier, request_redirect, url_rewrite)",
+        "unknown filter \"mirroring\" (expected one of: request_header_modifier, response_header_modifier, request_redirect, url_rewrite, mirror, fault)",
     );
     assert_error(
         &errors,
         23,
         &format!("{at}.rules[2].filters[0]"),
-        "give one of request_header_modifier, response_header_modifier, request_redirect, url_rewrite in each item, not request_header_modifier and url_rewrite together",
+        "give one of request_header_modifier, response_header_modifier, request_redirect, url_rewrite, mirror, fault in each item, not request_header_modifier and url_rewrite together",
     );
     let rule = format!("{at}.rules[3]");
     assert_error(
@@ -1345,6 +1451,7 @@ fn full_policy() -> Json {
             "on": ["5xx", "503", "unavailable"],
             "per_try_timeout": "250ms",
             "backoff": "10ms",
+            "max_backoff": "100ms",
             "budget": { "percent": 20, "min_retries_per_second": 5, "ttl": "10s" },
         },
         "outlier_detection": {
@@ -1426,6 +1533,24 @@ fn policy_mistakes_are_reported_with_line_and_field() {
         9,
         &format!("{p}.limits.max_requests"),
         "at least 1",
+    );
+    let errors = load_err(&with_policy(
+        "      retries: { attempts: 1, backoff: 50ms, max_backoff: 20ms }\n",
+    ));
+    assert_error(
+        &errors,
+        6,
+        &format!("{p}.retries.max_backoff"),
+        "is shorter than backoff (50ms)",
+    );
+    let errors = load_err(&with_policy(
+        "      retries: { attempts: 1, backoff: 0s }\n",
+    ));
+    assert_error(
+        &errors,
+        6,
+        &format!("{p}.retries.backoff"),
+        "must be more than 0s",
     );
     let errors = load_err(&with_policy(
         "      load_balancer: { type: round_robin, hash_on: { header: x, cookie: y } }\n",

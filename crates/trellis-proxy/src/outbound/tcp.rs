@@ -51,6 +51,11 @@ impl Outbound {
                 (dst, None, None)
             }
         };
+        // Over the service's max_connections: closed at once, logged with `UO`.
+        let _slot = match super::connection_slot(dest.map(|d| &**d)) {
+            Ok(slot) => slot,
+            Err(error) => return obs.fail(&error),
+        };
         let t = dest.map_or(snapshot.timeouts, |d| d.timeouts);
         let upstream = Upstream {
             target,

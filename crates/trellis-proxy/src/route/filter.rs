@@ -10,6 +10,7 @@ use http::{Request, StatusCode, Uri};
 use trellis_model::{HeaderModifier, PathModifier, RouteFilter};
 
 use super::{RouteError, Rule};
+use crate::fault::Fault;
 
 /// A rule's filters, ready to apply.
 #[derive(Debug, Default)]
@@ -18,6 +19,8 @@ pub(crate) struct Filters {
     response_headers: Vec<HeaderEdit>,
     redirect: Option<Redirect>,
     rewrite: Option<Rewrite>,
+    /// Delays and aborts (`FaultInjection`); mirrors are the rule's, beside its backends.
+    pub(crate) fault: Option<Fault>,
 }
 
 /// Header changes: set, then add, then remove.
@@ -85,6 +88,15 @@ impl Filters {
                             })?,
                     });
                 }
+                RouteFilter::Fault(f) => {
+                    let fault = Fault::build(f);
+                    let status = f.abort.map_or(0, |a| a.status);
+                    built.fault = Some(
+                        fault.ok_or_else(|| invalid(route, "abort status", &status.to_string()))?,
+                    );
+                }
+                // Built with the rule's backends (it needs their destinations).
+                RouteFilter::Mirror(_) => {}
                 RouteFilter::UrlRewrite(r) => {
                     let host = match r.hostname.as_deref() {
                         None => None,

@@ -16,9 +16,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::super::{
-    BackendRef, GrpcFilter, GrpcRouteMatch, GrpcRouteRule, HeaderModifier, HttpFilter,
-    HttpRouteMatch, HttpRouteRule, MatchKind, ParentRef, PathMatchKind, PathModifier, Resource,
-    Resources, RouteTimeouts, ValueMatch,
+    BackendRef, ExtensionRef, GrpcFilter, GrpcRouteMatch, GrpcRouteRule, HeaderModifier,
+    HttpFilter, HttpRouteMatch, HttpRouteRule, MatchKind, Mirror, ParentRef, PathMatchKind,
+    PathModifier, Resource, Resources, RouteTimeouts, ValueMatch,
 };
 use crate::proxy;
 
@@ -45,11 +45,19 @@ struct Compiled<'r> {
 impl Routes {
     pub(super) fn compile(resources: &Resources) -> Routes {
         let http = resources.http_routes.iter().map(|r| {
-            let rules = r.spec.rules.iter().map(|rule| http_rule(ns(r), rule));
+            let rules = r
+                .spec
+                .rules
+                .iter()
+                .map(|rule| http_rule(resources, ns(r), rule));
             compiled(r, 0, "HTTPRoute", &r.spec.parent_refs, rules.collect())
         });
         let grpc = resources.grpc_routes.iter().map(|r| {
-            let rules = r.spec.rules.iter().map(|rule| grpc_rule(ns(r), rule));
+            let rules = r
+                .spec
+                .rules
+                .iter()
+                .map(|rule| grpc_rule(resources, ns(r), rule));
             compiled(r, 1, "GRPCRoute", &r.spec.parent_refs, rules.collect())
         });
         let mut all: Vec<Compiled<'_>> = http.chain(grpc).collect();
@@ -135,10 +143,11 @@ fn ns<S>(r: &Resource<S>) -> &str {
 
 // HTTPRoute.
 
-fn http_rule(namespace: &str, rule: &HttpRouteRule) -> proxy::RouteRule {
+fn http_rule(resources: &Resources, namespace: &str, rule: &HttpRouteRule) -> proxy::RouteRule {
+    let filter = |f| http_filter(resources, namespace, f);
     proxy::RouteRule {
         matches: rule.matches.iter().map(http_match).collect(),
-        filters: rule.filters.iter().filter_map(http_filter).collect(),
+        filters: rule.filters.iter().filter_map(filter).collect(),
         backends: backends(namespace, &rule.backend_refs),
         timeout: timeout(&rule.timeouts),
     }
@@ -161,7 +170,11 @@ fn http_match(m: &HttpRouteMatch) -> proxy::RouteMatch {
     }
 }
 
-fn http_filter(filter: &HttpFilter) -> Option<proxy::RouteFilter> {
+fn http_filter(
+    resources: &Resources,
+    namespace: &str,
+    filter: &HttpFilter,
+) -> Option<proxy::RouteFilter> {
     Some(match filter {
         HttpFilter::RequestHeaderModifier(m) => {
             proxy::RouteFilter::RequestHeaderModifier(header_modifier(m))
@@ -182,8 +195,8 @@ fn http_filter(filter: &HttpFilter) -> Option<proxy::RouteFilter> {
             hostname: r.hostname.clone(),
             path: r.path.as_ref().map(path_modifier),
         }),
-        // Mirroring is not in the proxy yet (it comes with fault injection).
-        HttpFilter::RequestMirror(_) => return None,
+        HttpFilter::RequestMirror(m) => mirror(namespace, m),
+        HttpFilter::ExtensionRef(e) => fault(resources, namespace, e)?,
     })
 }
 
@@ -200,10 +213,11 @@ fn timeout(t: &RouteTimeouts) -> Option<Duration> {
 
 // GRPCRoute.
 
-fn grpc_rule(namespace: &str, rule: &GrpcRouteRule) -> proxy::RouteRule {
+fn grpc_rule(resources: &Resources, namespace: &str, rule: &GrpcRouteRule) -> proxy::RouteRule {
+    let filter = |f| grpc_filter(resources, namespace, f);
     proxy::RouteRule {
         matches: rule.matches.iter().map(grpc_match).collect(),
-        filters: rule.filters.iter().filter_map(grpc_filter).collect(),
+        filters: rule.filters.iter().filter_map(filter).collect(),
         backends: backends(namespace, &rule.backend_refs),
         timeout: None,
     }
@@ -241,7 +255,11 @@ fn grpc_match(m: &GrpcRouteMatch) -> proxy::RouteMatch {
     }
 }
 
-fn grpc_filter(filter: &GrpcFilter) -> Option<proxy::RouteFilter> {
+fn grpc_filter(
+    resources: &Resources,
+    namespace: &str,
+    filter: &GrpcFilter,
+) -> Option<proxy::RouteFilter> {
     Some(match filter {
         GrpcFilter::RequestHeaderModifier(m) => {
             proxy::RouteFilter::RequestHeaderModifier(header_modifier(m))
@@ -249,11 +267,43 @@ fn grpc_filter(filter: &GrpcFilter) -> Option<proxy::RouteFilter> {
         GrpcFilter::ResponseHeaderModifier(m) => {
             proxy::RouteFilter::ResponseHeaderModifier(header_modifier(m))
         }
-        GrpcFilter::RequestMirror(_) => return None,
+        GrpcFilter::RequestMirror(m) => mirror(namespace, m),
+        GrpcFilter::ExtensionRef(e) => fault(resources, namespace, e)?,
     })
 }
 
 // Both kinds.
+
+/// A mirror's Service, with its namespace written out (as for backends).
+fn mirror(namespace: &str, m: &Mirror) -> proxy::RouteFilter {
+    proxy::RouteFilter::Mirror(proxy::RequestMirror {
+        service: m.name.clone(),
+        namespace: Some(m.namespace.clone().unwrap_or_else(|| namespace.to_string())),
+        port: m.port,
+        percent: m.percent.unwrap_or(crate::Percent::ALL),
+    })
+}
+
+/// The FaultInjection an `extensionRef` names, in the route's namespace; `None` if there is
+/// none (validation reported it).
+fn fault(resources: &Resources, namespace: &str, e: &ExtensionRef) -> Option<proxy::RouteFilter> {
+    let spec = &resources
+        .fault_injections
+        .iter()
+        .find(|f| f.metadata.namespace == namespace && f.metadata.name == e.name)?
+        .spec;
+    Some(proxy::RouteFilter::Fault(proxy::FaultInjection {
+        delay: spec.delay.map(|d| proxy::FaultDelay {
+            duration: d.fixed_delay,
+            percent: d.percentage,
+        }),
+        abort: spec.abort.map(|a| proxy::FaultAbort {
+            status: a.http_status,
+            grpc_status: a.grpc_status,
+            percent: a.percentage,
+        }),
+    }))
+}
 
 fn path(kind: proxy::PathMatchKind, value: String) -> proxy::PathMatch {
     proxy::PathMatch { kind, value }

@@ -216,6 +216,7 @@ spec:
     attempts: 2
     on: [5xx, \"409\"]
     perTryTimeout: 500ms
+    backoff: { baseInterval: 10ms, maxInterval: 80ms }
     budget: { percent: 10, minRetriesPerSecond: 3 }
   outlierDetection: { consecutive5xx: 3, baseEjectionTime: 10s, maxEjectionPercent: 50 }
   connectionLimits: { maxRequests: 100 }
@@ -235,6 +236,8 @@ spec:
         [proxy::RetryOn::ServerError, proxy::RetryOn::Status(409)]
     );
     assert_eq!(retries.per_try_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(retries.backoff, Duration::from_millis(10));
+    assert_eq!(retries.max_backoff, Some(Duration::from_millis(80)));
     assert_eq!(retries.budget.percent, 10);
     assert_eq!(retries.budget.min_retries_per_second, 3);
     let od = policy.outlier_detection.expect("outlier detection");
@@ -589,19 +592,25 @@ fn producer_routes_apply_to_every_caller_with_backends_resolved() {
             value: "v2".to_string(),
         }]
     );
-    // The mirror waits for the proxy to support it; the header modifier is there.
+    // The header modifier, then the mirror with its namespace written out.
     assert_eq!(
         pinned.filters,
-        [proxy::RouteFilter::RequestHeaderModifier(
-            proxy::HeaderModifier {
+        [
+            proxy::RouteFilter::RequestHeaderModifier(proxy::HeaderModifier {
                 set: vec![proxy::Header {
                     name: "x-routed".to_string(),
                     value: "yes".to_string(),
                 }],
                 add: Vec::new(),
                 remove: vec!["x-debug".to_string()],
-            }
-        )]
+            }),
+            proxy::RouteFilter::Mirror(proxy::RequestMirror {
+                service: "ratings-v1".to_string(),
+                namespace: Some("shop".to_string()),
+                port: 9080,
+                percent: crate::Percent::ALL,
+            })
+        ]
     );
     // One try: the shorter of request and backendRequest.
     assert_eq!(pinned.timeout, Some(Duration::from_secs(1)));
@@ -808,4 +817,49 @@ fn compiled_routes_pass_the_proxys_own_validation() {
             Err(errors) => panic!("the config of {ns}/{name} does not validate:\n{errors}"),
         }
     }
+}
+
+#[test]
+fn a_fault_injection_becomes_the_rules_fault_filter() {
+    let r = resources(&format!(
+        "{ROUTED}---
+apiVersion: trellis.dev/v1alpha1
+kind: FaultInjection
+metadata: {{ name: flaky, namespace: shop }}
+spec:
+  delay: {{ fixedDelay: 2s, percentage: 12.5 }}
+  abort: {{ httpStatus: 500, grpcStatus: INTERNAL }}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{ name: faulty, namespace: shop }}
+spec:
+  parentRefs: [{{ group: \"\", kind: Service, name: ratings }}]
+  rules:
+    - filters:
+        - type: ExtensionRef
+          extensionRef: {{ group: trellis.dev, kind: FaultInjection, name: flaky }}
+      backendRefs: [{{ name: ratings-v1, port: 9080 }}]
+"
+    ));
+    let config = proxy(&r, "ratings-a", "shop");
+    let rule = &service(&config, "ratings").routes[0].rules[0];
+    assert_eq!(
+        rule.filters,
+        [proxy::RouteFilter::Fault(proxy::FaultInjection {
+            delay: Some(proxy::FaultDelay {
+                duration: Duration::from_secs(2),
+                percent: crate::Percent::new(12.5).unwrap(),
+            }),
+            abort: Some(proxy::FaultAbort {
+                status: 500,
+                grpc_status: Some(13),
+                percent: crate::Percent::ALL,
+            }),
+        })]
+    );
+    // What the compiler writes, the proxy's loader reads back.
+    let json = serde_json::to_string(&config).expect("serializes");
+    let loaded = ProxyConfig::from_yaml("compiled.json", &json).expect("valid");
+    assert_eq!(loaded, config);
 }

@@ -2,10 +2,12 @@
 
 use super::decode::{header_value_error, path_error};
 use super::{
-    GrpcFilter, Header, HeaderModifier, HttpFilter, HttpRouteMatch, Mirror, PathMatchKind,
-    PathModifier, Redirect, UrlRewrite,
+    ExtensionRef, GrpcFilter, Header, HeaderModifier, HttpFilter, HttpRouteMatch, Mirror,
+    PathMatchKind, PathModifier, Redirect, UrlRewrite,
 };
+use crate::Percent;
 use crate::resources::decode::{Decoder, Fields};
+use crate::resources::fault::{EXTENSION_GROUP, EXTENSION_KIND};
 use crate::resources::names::{dns_subdomain_error, is_http_token, quoted};
 use crate::validate::yaml::Node;
 
@@ -30,11 +32,13 @@ const HEADER_FIELDS: &[&str] = &["name", "value"];
 const REDIRECT_FIELDS: &[&str] = &["scheme", "hostname", "path", "port", "statusCode"];
 const REWRITE_FIELDS: &[&str] = &["hostname", "path"];
 const PATH_MODIFIER_FIELDS: &[&str] = &["type", "replaceFullPath", "replacePrefixMatch"];
-const MIRROR_FIELDS: &[&str] = &["backendRef", "percent"];
+const MIRROR_FIELDS: &[&str] = &["backendRef", "percent", "fraction"];
+const FRACTION_FIELDS: &[&str] = &["numerator", "denominator"];
+const EXTENSION_REF_FIELDS: &[&str] = &["group", "kind", "name"];
 const MIRROR_BACKEND_FIELDS: &[&str] = &["group", "kind", "name", "namespace", "port"];
 const SCHEMES: &[(&str, &str)] = &[("http", "http"), ("https", "https")];
 const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
-/// Filter types and the field that configures each; `extensionRef` is refused.
+/// Filter types and the field that configures each; `extensionRef` names a FaultInjection.
 const HTTP_FILTERS: &[(&str, &str)] = &[
     ("RequestHeaderModifier", "requestHeaderModifier"),
     ("ResponseHeaderModifier", "responseHeaderModifier"),
@@ -66,6 +70,7 @@ impl Decoder {
             HttpFilter::RequestRedirect(_) => "RequestRedirect",
             HttpFilter::UrlRewrite(_) => "URLRewrite",
             HttpFilter::RequestMirror(_) => "RequestMirror",
+            HttpFilter::ExtensionRef(_) => "ExtensionRef",
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let read = filters.iter().enumerate();
@@ -116,21 +121,22 @@ impl Decoder {
         }
     }
 
-    /// A gRPC rule modifies request and response headers once each.
+    /// A gRPC rule modifies request and response headers once each, and has one fault.
     pub(super) fn grpc_rule_filters(&mut self, path: &str, filters: &[Option<GrpcFilter>]) {
-        let mut seen: Vec<(bool, usize)> = Vec::new();
+        let mut seen: Vec<(Option<bool>, usize)> = Vec::new();
         let read = filters.iter().enumerate();
         for (j, filter) in read.filter_map(|(j, f)| Some((j, f.as_ref()?))) {
             let request = match filter {
-                GrpcFilter::RequestHeaderModifier(_) => true,
-                GrpcFilter::ResponseHeaderModifier(_) => false,
+                GrpcFilter::RequestHeaderModifier(_) => Some(true),
+                GrpcFilter::ResponseHeaderModifier(_) => Some(false),
                 GrpcFilter::RequestMirror(_) => continue,
+                GrpcFilter::ExtensionRef(_) => None,
             };
             if let Some((_, first)) = seen.iter().find(|(r, _)| *r == request) {
-                let which = if request {
-                    "RequestHeaderModifier"
-                } else {
-                    "ResponseHeaderModifier"
+                let which = match request {
+                    Some(true) => "RequestHeaderModifier",
+                    Some(false) => "ResponseHeaderModifier",
+                    None => "ExtensionRef",
                 };
                 let reason =
                     format!("a rule may have one {which} filter (the first is filters[{first}])");
@@ -166,6 +172,9 @@ impl Decoder {
             "RequestMirror" => self
                 .required(&f, field, Self::mirror)
                 .map(HttpFilter::RequestMirror),
+            "ExtensionRef" => self
+                .required(&f, field, Self::extension_ref)
+                .map(HttpFilter::ExtensionRef),
             _ => None,
         }
     }
@@ -187,8 +196,42 @@ impl Decoder {
             "RequestMirror" => self
                 .required(&f, "requestMirror", Self::mirror)
                 .map(GrpcFilter::RequestMirror),
+            "ExtensionRef" => self
+                .required(&f, "extensionRef", Self::extension_ref)
+                .map(GrpcFilter::ExtensionRef),
             _ => None,
         }
+    }
+
+    /// `{ group: trellis.dev, kind: FaultInjection, name }`: the one extension Trellis has.
+    fn extension_ref(&mut self, node: &Node, path: &str) -> Option<ExtensionRef> {
+        let f = self.fields(node, path, EXTENSION_REF_FIELDS);
+        let group = self.required(&f, "group", Self::string);
+        let kind = self.required(&f, "kind", Self::string);
+        let name = self.required(&f, "name", Self::string);
+        let known = format!(
+            "Trellis's one extension filter is group {EXTENSION_GROUP}, kind {EXTENSION_KIND}"
+        );
+        let mut known_ref = true;
+        if let Some(group) = group.as_deref().filter(|g| *g != EXTENSION_GROUP) {
+            let reason = format!(
+                "{} is not an extension group Trellis knows ({known})",
+                quoted(group)
+            );
+            self.reject(&format!("{path}.group"), reason);
+            known_ref = false;
+        }
+        if let Some(kind) = kind.as_deref().filter(|k| *k != EXTENSION_KIND) {
+            let reason = format!(
+                "{} is not an extension filter Trellis knows ({known})",
+                quoted(kind)
+            );
+            self.reject(&format!("{path}.kind"), reason);
+            known_ref = false;
+        }
+        let name = name.filter(|_| known_ref)?;
+        self.object_name(&format!("{path}.name"), &name);
+        Some(ExtensionRef { name })
     }
 
     /// A filter's `type`, checking that exactly the field for that type is given. `None` if
@@ -203,11 +246,6 @@ impl Decoder {
         let kind = self.required(f, "type", |d, n, p| {
             d.choice(n, p, "a filter type", &options)
         })?;
-        if kind == "ExtensionRef" {
-            let reason = "Trellis has no extension filters (ExtensionRef); use the built-in ones";
-            self.reject(&format!("{path}.type"), reason);
-            return None;
-        }
         let own = kinds
             .iter()
             .find(|(k, _)| *k == kind)
@@ -374,8 +412,35 @@ impl Decoder {
                 d.required(&f, "port", Self::port).unwrap_or(0),
             ))
         });
-        let percent = self.optional(&f, "percent", |d, n, p| d.number(n, p, 100));
+        let percent = self.optional(&f, "percent", |d, n, p| {
+            d.number(n, p, 100).and_then(|n| Percent::new(f64::from(n)))
+        });
+        let fraction = self.optional(&f, "fraction", |d, n, p| {
+            let f = d.fields(n, p, FRACTION_FIELDS);
+            let numerator = d.required(&f, "numerator", |d, n, p| d.number(n, p, u32::MAX))?;
+            let denominator = d
+                .optional(&f, "denominator", |d, n, p| d.number(n, p, u32::MAX))
+                .unwrap_or(100);
+            let share = Percent::fraction(numerator, denominator);
+            if share.is_none() {
+                let reason = format!(
+                    "{numerator}/{denominator} is not a fraction of the requests (the \
+                     denominator is above 0 and at least the numerator)"
+                );
+                d.report(p, &[], reason);
+            }
+            share
+        });
+        if f.has("percent") && f.has("fraction") {
+            let reason = "give percent or fraction, not both";
+            self.report(
+                &format!("{path}.fraction"),
+                &[&format!("{path}.percent")],
+                reason,
+            );
+        }
         let (name, namespace, port) = backend?;
+        let percent = percent.or(fraction);
         Some(Mirror {
             name,
             namespace,

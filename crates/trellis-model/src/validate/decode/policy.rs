@@ -16,8 +16,14 @@ pub(in crate::validate) const POLICY_FIELDS: &[&str] =
     &["load_balancer", "retries", "outlier_detection", "limits"];
 pub(in crate::validate) const LOAD_BALANCER_FIELDS: &[&str] = &["type", "hash_on"];
 pub(in crate::validate) const HASH_ON_FIELDS: &[&str] = &["header", "cookie"];
-pub(in crate::validate) const RETRY_FIELDS: &[&str] =
-    &["attempts", "on", "per_try_timeout", "backoff", "budget"];
+pub(in crate::validate) const RETRY_FIELDS: &[&str] = &[
+    "attempts",
+    "on",
+    "per_try_timeout",
+    "backoff",
+    "max_backoff",
+    "budget",
+];
 pub(in crate::validate) const BUDGET_FIELDS: &[&str] =
     &["percent", "min_retries_per_second", "ttl"];
 pub(in crate::validate) const OUTLIER_FIELDS: &[&str] = &[
@@ -135,7 +141,7 @@ impl Decoder {
             d.fail(n.mark, p, reason);
             None
         };
-        Retries {
+        let retries = Retries {
             attempts: self
                 .required(&f, "attempts", |d, n, p| d.number(n, p, MAX_ATTEMPTS))
                 .unwrap_or(0),
@@ -146,13 +152,25 @@ impl Decoder {
                 })
                 .unwrap_or_else(default_retry_on),
             per_try_timeout: self.positive(&f, "per_try_timeout"),
-            backoff: self
-                .optional(&f, "backoff", Self::duration)
-                .unwrap_or_else(default_backoff),
+            backoff: self.positive(&f, "backoff").unwrap_or_else(default_backoff),
+            max_backoff: self.positive(&f, "max_backoff"),
             budget: self
                 .optional(&f, "budget", |d, n, p| Some(d.retry_budget(n, p)))
                 .unwrap_or_default(),
+        };
+        let backoff_path = join(path, "backoff");
+        if let Some(max) = retries.max_backoff {
+            if max < retries.backoff && !self.failed.contains(&backoff_path) {
+                let at = join(path, "max_backoff");
+                let reason = format!(
+                    "is shorter than backoff ({}): the longest wait cannot be below the first",
+                    crate::format_duration(retries.backoff)
+                );
+                let mark = self.marks.get(&at).copied().unwrap_or(f.mark);
+                self.error(mark, &at, reason);
+            }
         }
+        retries
     }
 
     fn retry_budget(&mut self, node: &Node, path: &str) -> RetryBudget {

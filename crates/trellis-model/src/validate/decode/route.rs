@@ -3,9 +3,11 @@
 //! (backends that name real services, one redirect per rule) are in `validate/route.rs`.
 
 use super::{Decoder, Fields, join};
+use crate::Percent;
 use crate::proxy::{
-    Header, HeaderModifier, PathMatch, PathMatchKind, PathModifier, RequestRedirect, Route,
-    RouteBackend, RouteFilter, RouteMatch, RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
+    FaultAbort, FaultDelay, FaultInjection, Header, HeaderModifier, PathMatch, PathMatchKind,
+    PathModifier, RequestMirror, RequestRedirect, Route, RouteBackend, RouteFilter, RouteMatch,
+    RouteRule, UrlRewrite, ValueMatch, ValueMatchKind,
 };
 use crate::resources::names::{is_http_token, regex_error};
 use crate::validate::quoted;
@@ -23,12 +25,18 @@ pub(in crate::validate) const HEADER_FIELDS: &[&str] = &["name", "value"];
 pub(in crate::validate) const REDIRECT_FIELDS: &[&str] =
     &["scheme", "hostname", "path", "port", "status_code"];
 pub(in crate::validate) const REWRITE_FIELDS: &[&str] = &["hostname", "path"];
+pub(in crate::validate) const MIRROR_FIELDS: &[&str] = &["service", "namespace", "port", "percent"];
+pub(in crate::validate) const FAULT_FIELDS: &[&str] = &["delay", "abort"];
+pub(in crate::validate) const FAULT_DELAY_FIELDS: &[&str] = &["duration", "percent"];
+pub(in crate::validate) const FAULT_ABORT_FIELDS: &[&str] = &["status", "grpc_status", "percent"];
 /// The one key of a filter mapping.
 pub(in crate::validate) const FILTER_KINDS: &[&str] = &[
     "request_header_modifier",
     "response_header_modifier",
     "request_redirect",
     "url_rewrite",
+    "mirror",
+    "fault",
 ];
 /// The one key of a path modifier mapping.
 pub(in crate::validate) const PATH_MODIFIER_KINDS: &[&str] =
@@ -198,8 +206,85 @@ impl Decoder {
                 RouteFilter::ResponseHeaderModifier(self.header_modifier(value, &p))
             }
             "request_redirect" => RouteFilter::RequestRedirect(self.redirect(value, &p)),
-            _ => RouteFilter::UrlRewrite(self.rewrite(value, &p)),
+            "url_rewrite" => RouteFilter::UrlRewrite(self.rewrite(value, &p)),
+            "mirror" => RouteFilter::Mirror(self.mirror(value, &p)),
+            _ => RouteFilter::Fault(self.fault(value, &p)),
         })
+    }
+
+    fn mirror(&mut self, node: &Node, path: &str) -> RequestMirror {
+        let f = self.fields(node, path, MIRROR_FIELDS);
+        RequestMirror {
+            service: self
+                .required(&f, "service", Self::string)
+                .unwrap_or_default(),
+            namespace: self.optional(&f, "namespace", Self::string),
+            port: self.required(&f, "port", Self::port).unwrap_or(0),
+            percent: self
+                .optional(&f, "percent", Self::percent)
+                .unwrap_or(Percent::ALL),
+        }
+    }
+
+    fn fault(&mut self, node: &Node, path: &str) -> FaultInjection {
+        let f = self.fields(node, path, FAULT_FIELDS);
+        let fault = FaultInjection {
+            delay: self.optional(&f, "delay", |d, n, p| {
+                let f = d.fields(n, p, FAULT_DELAY_FIELDS);
+                Some(FaultDelay {
+                    duration: d
+                        .required(&f, "duration", Self::duration)
+                        .unwrap_or_default(),
+                    percent: d
+                        .optional(&f, "percent", Self::percent)
+                        .unwrap_or(Percent::ALL),
+                })
+            }),
+            abort: self.optional(&f, "abort", |d, n, p| {
+                let f = d.fields(n, p, FAULT_ABORT_FIELDS);
+                Some(FaultAbort {
+                    status: d
+                        .required(&f, "status", |d, n, p| {
+                            d.bounded(n, p, "an HTTP status", 200, 599)
+                        })
+                        .unwrap_or(503),
+                    grpc_status: d.optional(&f, "grpc_status", |d, n, p| {
+                        d.bounded(n, p, "a gRPC status code", 0, 16)
+                            .and_then(|c| u8::try_from(c).ok())
+                    }),
+                    percent: d
+                        .optional(&f, "percent", Self::percent)
+                        .unwrap_or(Percent::ALL),
+                })
+            }),
+        };
+        if fault.delay.is_none() && fault.abort.is_none() && !f.broken {
+            let reason = "a fault needs a delay, an abort or both".to_string();
+            self.fail(f.mark, path, reason);
+        }
+        fault
+    }
+
+    /// A share of requests: a number from 0 to 100 (fractions allowed).
+    fn percent(&mut self, node: &Node, path: &str) -> Option<Percent> {
+        let what = "a percentage (a number from 0 to 100)";
+        let text = self.scalar(node, path, what)?;
+        let percent = text.parse::<f64>().ok().and_then(Percent::new);
+        if percent.is_none() {
+            self.fail(node.mark, path, format!("{text} is not {what}"));
+        }
+        percent
+    }
+
+    /// A whole number from `min` to `max`.
+    fn bounded(&mut self, node: &Node, path: &str, what: &str, min: u16, max: u16) -> Option<u16> {
+        let what = format!("{what} ({min} to {max})");
+        let text = self.scalar(node, path, &what)?;
+        let value = text.parse::<u16>().ok().filter(|v| (min..=max).contains(v));
+        if value.is_none() {
+            self.fail(node.mark, path, format!("{text} is not {what}"));
+        }
+        value
     }
 
     fn header_modifier(&mut self, node: &Node, path: &str) -> HeaderModifier {
