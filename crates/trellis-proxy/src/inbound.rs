@@ -133,7 +133,9 @@ impl Inbound {
         let service = service_fn(move |req| {
             let this = this.clone();
             let peer = peer.clone();
-            async move { Ok::<_, Infallible>(this.handle(addrs, &peer, req).await) }
+            // Boxed: hyper spawns a task per stream and moves this future into it; a pointer
+            // moves cheaper than the whole state machine (kilobytes).
+            Box::pin(async move { Ok::<_, Infallible>(this.handle(addrs, &peer, req).await) })
         });
         crate::serve::http2(io, drain, service).await;
     }

@@ -221,7 +221,11 @@ impl Outbound {
         service_fn(move |req| {
             let this = this.clone();
             let ingress = ingress.clone();
-            async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) }
+            // Boxed: the dispatcher moves this future around; a pointer moves cheaper than the
+            // whole state machine (kilobytes).
+            Box::pin(
+                async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) },
+            )
         })
     }
 
