@@ -31,6 +31,10 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `TE` unless it is `trailers` (which gRPC needs end to end). `Trailer` is end to end (RFC 9110
 /// §6.6.2) and stays: HTTP/1.1 only sends the trailer fields it declares.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: one pass over the names instead of a lookup for each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -72,9 +76,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+    ]
+    .contains(name)
+}
+
 /// Remove the headers the proxies use between themselves, so a client cannot forge them and an
 /// app never sees them.
 pub(crate) fn strip_internal(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| n.as_str().starts_with("trellis-")) {
+        return;
+    }
     headers.remove(TRELLIS_DST);
     headers.remove(TRELLIS_PROTO);
     headers.remove(TRELLIS_PEER);
@@ -93,11 +113,17 @@ pub(crate) fn parse_peer(value: &HeaderValue) -> Option<(&str, &str)> {
 }
 
 /// Add `x-request-id` when the request has none; returns the id in force.
+///
+/// The id is marked sensitive, which HPACK encodes as "never indexed": a value that differs on
+/// every request would otherwise enter the mesh connection's header table each time and evict
+/// the headers that repeat (`trellis-*`, `:authority`), which then travel as literals again.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID) {
+    if let Some(id) = headers.get_mut(X_REQUEST_ID) {
+        id.set_sensitive(true);
         return id.clone();
     }
-    let id = new_request_id();
+    let mut id = new_request_id();
+    id.set_sensitive(true);
     headers.insert(X_REQUEST_ID, id.clone());
     id
 }

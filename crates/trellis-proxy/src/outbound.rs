@@ -221,11 +221,9 @@ impl Outbound {
         service_fn(move |req| {
             let this = this.clone();
             let ingress = ingress.clone();
-            // Boxed: the dispatcher moves this future around; a pointer moves cheaper than the
-            // whole state machine (kilobytes).
-            Box::pin(
-                async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) },
-            )
+            // Not boxed: hyper's HTTP/1.1 dispatcher keeps the future in one box per connection
+            // (the inbound side boxes its own: hyper's HTTP/2 server moves it into a task).
+            async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) }
         })
     }
 
