@@ -31,47 +31,43 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `TE` unless it is `trailers` (which gRPC needs end to end). `Trailer` is end to end (RFC 9110
 /// §6.6.2) and stays: HTTP/1.1 only sends the trailer fields it declares.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none of them: one pass over the names instead of a lookup for each.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            // `Connection: te` must not remove `te: trailers`, which we handle below.
-            if name != header::TE {
-                headers.remove(&name);
+    // Most messages carry few of them or none: one pass over the names finds those present,
+    // instead of a lookup for each name that might be.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in present {
+        if name == header::CONNECTION {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            for name in named {
+                // `Connection: te` must not remove `te: trailers`, which is handled below.
+                if name != header::TE {
+                    headers.remove(&name);
+                }
             }
-        }
-        headers.remove(header::CONNECTION);
-    }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    if let Some(te) = headers.get(header::TE) {
-        let only_trailers = te
-            .to_str()
-            .map(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-            .unwrap_or(false);
-        if only_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            headers.remove(header::CONNECTION);
+        } else if name == header::TE {
+            let trailers = headers.get_all(header::TE).iter().any(|te| {
+                te.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+            });
+            if trailers {
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            } else {
+                headers.remove(header::TE);
+            }
         } else {
-            headers.remove(header::TE);
+            headers.remove(&name);
         }
     }
 }

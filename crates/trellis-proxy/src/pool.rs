@@ -208,7 +208,8 @@ pub(crate) struct H1Pool {
 #[derive(Debug)]
 struct H1Conn {
     send: http1::SendRequest<Body>,
-    last_used: Instant,
+    /// Closed if still unused by then.
+    idle_until: Instant,
 }
 
 /// What a pooled connection made of a request: the response, or why not (with the request
@@ -267,14 +268,19 @@ impl H1Pool {
         let Some(list) = conns.get_mut(&addr) else {
             return Err(req);
         };
-        list.retain(|c| !c.send.is_closed() && now.duration_since(c.last_used) < H1_IDLE);
-        match list.iter_mut().find(|c| c.send.is_ready()) {
-            Some(conn) => {
-                conn.last_used = now;
-                Ok(conn.send.try_send_request(req))
+        // The first ready connection wins; closed and expired ones met on the way are dropped.
+        let mut i = 0;
+        while let Some(conn) = list.get_mut(i) {
+            if conn.send.is_closed() || conn.idle_until <= now {
+                list.swap_remove(i);
+            } else if conn.send.is_ready() {
+                conn.idle_until = now + H1_IDLE;
+                return Ok(conn.send.try_send_request(req));
+            } else {
+                i += 1;
             }
-            None => Err(req),
         }
+        Err(req)
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, ProxyError> {
@@ -302,7 +308,7 @@ impl H1Pool {
         }
         conns.entry(addr).or_default().push(H1Conn {
             send,
-            last_used: Instant::now(),
+            idle_until: Instant::now() + H1_IDLE,
         });
     }
 }
