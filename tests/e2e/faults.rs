@@ -130,43 +130,21 @@ fn a_grpc_abort_answers_with_the_grpc_status() {
     }
     let server = PyPeer::start(GRPC_PEER, &["server", "--port", "0"]);
     let trellis = trellis();
-    let b = trellis.proxy(
-        "proxy-b",
-        &format!(
-            "\
-node: {{ name: proxy-b, namespace: test, workload: echo }}
-listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
-app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: grpc }} ] }}
-",
-            port = server.port
-        ),
-    );
-    let a = trellis.proxy(
-        "proxy-a",
-        &format!(
-            "\
-node: {{ name: proxy-a, namespace: test, workload: client }}
-listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
-outbound_policy: registry_only
-services:
-  - name: grpc
-    namespace: test
-    ports: [ {{ name: grpc, port: 50051, protocol: grpc }} ]
-    endpoints:
-      - {{ address: 127.0.0.1, ports: {{ grpc: {port} }}, mesh: \"{mesh}\", workload: echo }}
-    routes:
+    let (a, b) = crate::one_service_pair(
+        &trellis,
+        server.port,
+        "grpc",
+        ("grpc", 50051),
+        "    routes:
       - name: GRPCRoute test/echo
         rules:
-          - matches: [ {{ path: {{ type: exact, value: /trellis.test.Echo/Fail }} }} ]
-            filters: [ {{ fault: {{ abort: {{ status: 503, grpc_status: 8 }} }} }} ]
-            backends: [ {{ service: grpc, port: 50051 }} ]
-          - matches: [ {{ path: {{ type: exact, value: /trellis.test.Echo/Unary }} }} ]
-            filters: [ {{ fault: {{ abort: {{ status: 503 }} }} }} ]
-            backends: [ {{ service: grpc, port: 50051 }} ]
+          - matches: [ { path: { type: exact, value: /trellis.test.Echo/Fail } } ]
+            filters: [ { fault: { abort: { status: 503, grpc_status: 8 } } } ]
+            backends: [ { service: grpc, port: 50051 } ]
+          - matches: [ { path: { type: exact, value: /trellis.test.Echo/Unary } } ]
+            filters: [ { fault: { abort: { status: 503 } } } ]
+            backends: [ { service: grpc, port: 50051 } ]
 ",
-            port = server.port,
-            mesh = b.mesh()
-        ),
     );
     let proxy = a.outbound().to_string();
     let diagnostics = || {

@@ -91,36 +91,14 @@ fn grpc_errors_in_trailers_after_headers_are_retried() {
     }
     let server = PyPeer::start(PEER, &["server", "--port", "0"]);
     let trellis = trellis();
-    let b = trellis.proxy(
-        "proxy-b",
-        &format!(
-            "\
-node: {{ name: proxy-b, namespace: test, workload: echo }}
-listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
-app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: grpc }} ] }}
+    let (a, b) = crate::one_service_pair(
+        &trellis,
+        server.port,
+        "grpc",
+        ("grpc", 50051),
+        "    policy:
+      retries: { attempts: 3, on: [unavailable], backoff: 1ms }
 ",
-            port = server.port
-        ),
-    );
-    let a = trellis.proxy(
-        "proxy-a",
-        &format!(
-            "\
-node: {{ name: proxy-a, namespace: test, workload: client }}
-listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
-outbound_policy: registry_only
-services:
-  - name: grpc
-    namespace: test
-    ports: [ {{ name: grpc, port: 50051, protocol: grpc }} ]
-    endpoints:
-      - {{ address: 127.0.0.1, ports: {{ grpc: {port} }}, mesh: \"{mesh}\", workload: echo }}
-    policy:
-      retries: {{ attempts: 3, on: [unavailable], backoff: 1ms }}
-",
-            port = server.port,
-            mesh = b.mesh()
-        ),
     );
     let proxy = a.outbound().to_string();
     let diagnostics = || {

@@ -31,11 +31,54 @@ mod up;
 mod websocket;
 
 use serde_json::Value;
-use trellis_test_support::{Chain, ChainBuilder, DemoApp, ServiceSpec, Target, Trellis};
+use trellis_test_support::{
+    Chain, ChainBuilder, DemoApp, ProxyProcess, ServiceSpec, Target, Trellis,
+};
 
 /// The binary under test.
 pub(crate) fn trellis() -> Trellis {
     Trellis::new(env!("CARGO_BIN_EXE_trellis"))
+}
+
+/// Proxy B in front of one app port declared `protocol`, and proxy A (explicit outbound,
+/// `registry_only`) that knows one service, `name.test:port`, whose only endpoint is that app
+/// behind B. `extra` is YAML added to the service's entry, indented four spaces (`policy:`,
+/// `routes:`). Returns (A, B).
+pub(crate) fn one_service_pair(
+    trellis: &Trellis,
+    app_port: u16,
+    protocol: &str,
+    (name, port): (&str, u16),
+    extra: &str,
+) -> (ProxyProcess, ProxyProcess) {
+    let b = trellis.proxy(
+        "proxy-b",
+        &format!(
+            "\
+node: {{ name: proxy-b, namespace: test, workload: echo }}
+listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
+app: {{ address: 127.0.0.1, ports: [ {{ port: {app_port}, protocol: {protocol} }} ] }}
+"
+        ),
+    );
+    let a = trellis.proxy(
+        "proxy-a",
+        &format!(
+            "\
+node: {{ name: proxy-a, namespace: test, workload: client }}
+listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
+outbound_policy: registry_only
+services:
+  - name: {name}
+    namespace: test
+    ports: [ {{ name: {protocol}, port: {port}, protocol: {protocol} }} ]
+    endpoints:
+      - {{ address: 127.0.0.1, ports: {{ {protocol}: {app_port} }}, mesh: \"{mesh}\", workload: echo }}
+{extra}",
+            mesh = b.mesh()
+        ),
+    );
+    (a, b)
 }
 
 /// The demo app `web` behind proxy B, reachable from proxy A as `web.test:80` (protocol

@@ -517,36 +517,14 @@ fn max_connections_refuses_a_tunnel_over_the_limit_at_once() {
 
     let trellis = trellis();
     let app = DemoApp::options("echo").tcp().start(&trellis);
-    let b = trellis.proxy(
-        "proxy-b",
-        &format!(
-            "\
-node: {{ name: proxy-b, namespace: test, workload: echo }}
-listeners: {{ admin: \"127.0.0.1:0\", mesh: \"127.0.0.1:0\" }}
-app: {{ address: 127.0.0.1, ports: [ {{ port: {port}, protocol: tcp }} ] }}
+    let (a, b) = crate::one_service_pair(
+        &trellis,
+        app.tcp_port(),
+        "tcp",
+        ("echo", 9000),
+        "    policy:
+      limits: { max_connections: 2 }
 ",
-            port = app.tcp_port()
-        ),
-    );
-    let a = trellis.proxy(
-        "proxy-a",
-        &format!(
-            "\
-node: {{ name: proxy-a, namespace: test, workload: client }}
-listeners: {{ admin: \"127.0.0.1:0\", outbound: \"127.0.0.1:0\" }}
-outbound_policy: registry_only
-services:
-  - name: echo
-    namespace: test
-    ports: [ {{ name: tcp, port: 9000, protocol: tcp }} ]
-    endpoints:
-      - {{ address: 127.0.0.1, ports: {{ tcp: {port} }}, mesh: \"{mesh}\", workload: echo }}
-    policy:
-      limits: {{ max_connections: 2 }}
-",
-            port = app.tcp_port(),
-            mesh = b.mesh()
-        ),
     );
     let diagnostics = || {
         format!(
