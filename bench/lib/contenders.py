@@ -102,10 +102,13 @@ def trellis(ctx, mode):
         f"workload: server, identity: 'spiffe://{TD}/ns/bench/sa/server' }} ]\n" + identity("client"))
     # One worker thread per proxy, as nginx and haproxy get (worker_processes 1, nbthread 1).
     env = dict(os.environ, TOKIO_WORKER_THREADS=os.environ.get("TRELLIS_BENCH_WORKERS", "1"))
-    args = ["proxy", "--no-access-log", "--log-level", "warn", "--config"]
-    b = ctx.procs.start("trellis-b", [ctx.trellis, *args, work / "trellis-b.yaml"], topo.place("b"), env=env)
+    # The sidecar binary (`trellis-proxy`, beside `trellis`): the proxy without the control
+    # plane, CA and tools linked in, as a sidecar image would ship it.
+    sidecar = Path(ctx.trellis).with_name("trellis-proxy")
+    args = ["--no-access-log", "--log-level", "warn", "--config"]
+    b = ctx.procs.start("trellis-b", [sidecar, *args, work / "trellis-b.yaml"], topo.place("b"), env=env)
     ctx.procs.wait_listen(b, b_mesh)
-    a = ctx.procs.start("trellis-a", [ctx.trellis, *args, work / "trellis-a.yaml"], topo.place("a"), env=env)
+    a = ctx.procs.start("trellis-a", [sidecar, *args, work / "trellis-a.yaml"], topo.place("a"), env=env)
     ctx.procs.wait_listen(a, a_port)
     if mode == "l4":
         return Target(VIP, 80, None, [a.pid, b.pid])

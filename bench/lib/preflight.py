@@ -72,6 +72,6 @@ def target_dir(root):
 
 
 def build(root):
-    say("cargo build --release (trellis, trellis-loadgen)")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "trellis", "--bin", "trellis-loadgen"],
-                   cwd=root, check=True)
+    say("cargo build --release (trellis, trellis-proxy, trellis-loadgen)")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "trellis", "--bin", "trellis-proxy",
+                    "--bin", "trellis-loadgen"], cwd=root, check=True)

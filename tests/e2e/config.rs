@@ -196,3 +196,53 @@ fn missing_config_file_exits_2_naming_the_file() {
         out.stderr
     );
 }
+
+/// The sidecar binary `trellis-proxy` is `trellis proxy` on its own: the same flags, the same
+/// config errors, and a good config serves.
+#[test]
+fn the_trellis_proxy_binary_is_trellis_proxy() {
+    let dir = TestDir::new("sidecar-binary");
+    let bad = dir.write(
+        "bad.yaml",
+        "node: { name: a }\nlisteners: { admin: 127.0.0.1:0, nope: 1 }\n",
+    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-proxy"));
+    command.arg("--config").arg(&bad);
+    let out = run("trellis-proxy", command, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    let errors = located_errors(&out.stderr, &bad.display().to_string());
+    assert!(
+        errors
+            .iter()
+            .any(|(line, _, rest)| *line == 2 && rest.contains("nope")),
+        "{}",
+        out.stderr
+    );
+
+    let good = dir.write(
+        "good.yaml",
+        "node: { name: a }\nlisteners: { admin: 127.0.0.1:0, outbound: 127.0.0.1:0 }\n",
+    );
+    let ready = dir.join("ready.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trellis-proxy"))
+        .arg("--config")
+        .arg(&good)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--no-access-log")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start trellis-proxy");
+    for _ in 0..1000 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready.exists(), "trellis-proxy never became ready");
+    let addrs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ready).expect("ready file")).expect("JSON");
+    assert!(addrs["outbound"].is_string(), "{addrs}");
+}

@@ -44,3 +44,13 @@ pub use admin::{Admin, Handler, Readiness};
 pub use drain::{DrainOutcome, DrainTrigger, DrainWatcher};
 pub use signal::{ShutdownKind, ShutdownSignals, SignalError, shutdown_signal};
 pub use telemetry::{LogHandle, TracingError, TracingOptions, init_tracing};
+
+/// One worker thread (`TOKIO_WORKER_THREADS=1`) runs the current-thread scheduler: the whole
+/// process on one thread, no work stealing and no cross-thread wake-ups. As linkerd2-proxy does
+/// with one core, and what a sidecar given one CPU wants.
+pub fn runtime_builder() -> tokio::runtime::Builder {
+    match std::env::var("TOKIO_WORKER_THREADS").as_deref() {
+        Ok("1") => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+}

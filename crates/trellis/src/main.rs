@@ -45,19 +45,9 @@ enum Command {
     Iptables(iptables::IptablesArgs),
 }
 
-/// One worker thread (`TOKIO_WORKER_THREADS=1`) runs the current-thread scheduler: the whole
-/// process on one thread, no work stealing and no cross-thread wake-ups. As linkerd2-proxy does
-/// with one core, and what a sidecar given one CPU wants.
-fn runtime_builder() -> tokio::runtime::Builder {
-    match std::env::var("TOKIO_WORKER_THREADS").as_deref() {
-        Ok("1") => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime_builder().enable_all().build() {
+    let runtime = match trellis_runtime::runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("trellis: cannot start the async runtime: {error}");
