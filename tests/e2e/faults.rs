@@ -265,16 +265,7 @@ async fn mirrors_copy_requests_to_a_slow_shadow_without_delaying_the_caller() {
 
     // A quarter of the requests to `quarter` are copied.
     let total = 800;
-    for _ in 0..total {
-        let reply = mesh.get(&mut s, "http://quarter.test/", &[]).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}\n{}",
-            reply.text(),
-            mesh.diagnostics()
-        );
-    }
+    mesh.get_ok(&mut s, "http://quarter.test/", total).await;
     let metrics = mesh.a.metrics_when(|m| {
         m.sum(
             "trellis_mirror_requests_total",

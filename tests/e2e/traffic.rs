@@ -266,6 +266,20 @@ services:
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e:#}\n{}", self.diagnostics()))
     }
+
+    /// `times` GETs of `url`, each of which must answer 200.
+    pub(crate) async fn get_ok(&self, s: &mut Session, url: &str, times: usize) {
+        for i in 0..times {
+            let reply = self.get(s, url, &[]).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "GET {url} ({i} of {times}): {}\n{}",
+                reply.text(),
+                self.diagnostics()
+            );
+        }
+    }
 }
 
 /// A service of proxy A over every backend, with `policy` (YAML, indented for the service).
@@ -290,16 +304,7 @@ async fn least_request_sends_most_traffic_away_from_a_slow_backend() {
     mesh.backends[2].set_delay(Duration::from_millis(150));
     let mut s = mesh.session().await;
     let total = 200;
-    for _ in 0..total {
-        let reply = mesh.get(&mut s, "http://api.test/", &[]).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}\n{}",
-            reply.text(),
-            mesh.diagnostics()
-        );
-    }
+    mesh.get_ok(&mut s, "http://api.test/", total).await;
     let slow = mesh.backends[2].hits();
     eprintln!("slow backend: {slow} of {total}; {}", mesh.diagnostics());
     // Round robin would send it a third (66); P2C-EWMA learns after a try or two.
@@ -413,10 +418,7 @@ async fn outlier_detection_stops_sending_to_a_dead_backend_and_sends_again_once_
     let mesh = Mesh::start(2, &service("api", policy));
     let (dead, alive) = (&mesh.backends[0], &mesh.backends[1]);
     let mut s = mesh.session().await;
-    for _ in 0..20 {
-        let reply = mesh.get(&mut s, "http://api.test/", &[]).await;
-        assert_eq!(reply.status, 200, "{}", mesh.diagnostics());
-    }
+    mesh.get_ok(&mut s, "http://api.test/", 20).await;
     assert!(
         dead.hits() > 0,
         "both serve at first\n{}",
@@ -457,10 +459,7 @@ async fn outlier_detection_stops_sending_to_a_dead_backend_and_sends_again_once_
     .await;
     assert!(back.is_ok(), "never sent to again\n{}", mesh.diagnostics());
     let (d0, a0) = (dead.hits(), alive.hits());
-    for _ in 0..60 {
-        let reply = mesh.get(&mut s, "http://api.test/", &[]).await;
-        assert_eq!(reply.status, 200, "{}", mesh.diagnostics());
-    }
+    mesh.get_ok(&mut s, "http://api.test/", 60).await;
     let (d, a) = (dead.hits() - d0, alive.hits() - a0);
     assert!(
         d >= 12,

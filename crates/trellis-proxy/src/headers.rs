@@ -31,59 +31,69 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// `TE` unless it is `trailers` (which gRPC needs end to end). `Trailer` is end to end (RFC 9110
 /// §6.6.2) and stays: HTTP/1.1 only sends the trailer fields it declares.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry few of them or none: one pass over the names finds those present,
-    // instead of a lookup for each name that might be.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in present {
-        if name == header::CONNECTION {
-            let named: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                // `Connection: te` must not remove `te: trailers`, which is handled below.
-                if name != header::TE {
-                    headers.remove(&name);
-                }
-            }
-            headers.remove(header::CONNECTION);
-        } else if name == header::TE {
-            let trailers = headers.get_all(header::TE).iter().any(|te| {
-                te.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-                })
-            });
-            if trailers {
-                headers.insert(header::TE, HeaderValue::from_static("trailers"));
-            } else {
-                headers.remove(header::TE);
-            }
-        } else {
+    // One pass over the names finds which are present (most messages carry none, or only
+    // `Connection: keep-alive`); then only those are removed. No allocation unless
+    // `Connection` names a header outside the fixed list.
+    let mut present = [false; 7];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    let [connection, te, fixed @ ..] = present;
+    if connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close`, `keep-alive` and the fixed names are handled here anyway; `te` must not
+            // remove `te: trailers`, which is handled below.
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
             headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for (name, present) in HOP_BY_HOP[2..].iter().zip(fixed) {
+        if present {
+            headers.remove(name);
+        }
+    }
+    if te {
+        let trailers = headers.get_all(header::TE).iter().any(|te| {
+            te.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
         }
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHORIZATION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-    ]
-    .contains(name)
-}
+/// The hop-by-hop headers: `Connection` and `TE` first (each handled on its own), then those
+/// that are simply removed.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// Remove the headers the proxies use between themselves, so a client cannot forge them and an
 /// app never sees them.
@@ -225,6 +235,30 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_alone_and_connection_names_are_case_insensitive() {
+        for name in [
+            "upgrade",
+            "proxy-authorization",
+            "transfer-encoding",
+            "keep-alive",
+        ] {
+            let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(name).is_none(), "{name}");
+            assert_eq!(h.len(), 1, "{name}");
+        }
+        let mut h = map(&[
+            ("connection", "Keep-Alive, X-Private, close"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get("x-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]));
     }
 
     #[test]
