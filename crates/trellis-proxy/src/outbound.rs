@@ -7,14 +7,16 @@
 //! endpoint, and send over the mesh (HTTP/2 to the endpoint's proxy) or directly.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use trellis_model::{OutboundPolicy, Protocol as Declared, Timeouts};
@@ -188,7 +190,14 @@ impl Outbound {
                     orig_dst,
                     version: Version::HTTP_2,
                 };
-                crate::serve::http2(io, &drain, self.service(ctx, ingress)).await;
+                // Boxed here: hyper's HTTP/2 server spawns a task per stream and moves the
+                // future into it, several copies of kilobytes; a pointer moves for free.
+                let service = self.service(ctx, ingress);
+                let boxed = service_fn(move |req| {
+                    let fut: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(service.call(req));
+                    fut
+                });
+                crate::serve::http2(io, &drain, boxed).await;
             }
             Protocol::Tls { sni } => match orig_dst {
                 Some(dst) => self.tcp(io, addrs, dst, sni, &snapshot).await,
@@ -222,7 +231,7 @@ impl Outbound {
             let this = this.clone();
             let ingress = ingress.clone();
             // Not boxed: hyper's HTTP/1.1 dispatcher keeps the future in one box per connection
-            // (the inbound side boxes its own: hyper's HTTP/2 server moves it into a task).
+            // (HTTP/2 boxes it in `serve`: hyper's HTTP/2 server moves it into a task).
             async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) }
         })
     }
@@ -484,19 +493,6 @@ impl Outbound {
             index: None,
             dst_header: None,
         })
-    }
-
-    /// Forward an ordinary request and return the upstream's response.
-    async fn forward(
-        &self,
-        req: Request<Body>,
-        ctx: ConnCtx,
-        upstream: &Upstream,
-        snapshot: &Snapshot,
-        t: Timeouts,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let peer = &snapshot.node.peer_header;
-        forward(&self.upstreams, req, ctx.version, upstream, peer, t).await
     }
 
     /// An HTTP/1.1 upgrade (WebSocket): the request travels in a tunnel to the endpoint as

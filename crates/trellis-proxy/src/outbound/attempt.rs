@@ -14,8 +14,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 use trellis_model::Timeouts;
 
-use super::{ConnCtx, Outbound, Upstream};
-use crate::balance::Outcome;
+use super::{ConnCtx, Outbound, Upstream, forward};
+use crate::balance::{InFlight, Outcome};
 use crate::error::ProxyError;
 use crate::pool::{Body, empty};
 use crate::retry::peek::{PEEK_WAIT, peek};
@@ -36,13 +36,16 @@ impl Outbound {
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> (Result<Response<UpstreamBody>, ProxyError>, Upstream) {
+        let peer = &snapshot.node.peer_header;
         let Some(dest) = dest else {
-            let result = self.forward(req, ctx, &first, snapshot, t).await;
+            let result = forward(&self.upstreams, req, ctx.version, &first, peer, t).await;
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
         let retries = dest.retries.as_ref().filter(|(p, _)| p.attempts > 0);
         let Some((policy, budget)) = retries else {
-            let result = self.try_once(req, ctx, dest, &first, snapshot, t).await;
+            let this_try = Try::start(dest, &first);
+            let result = forward(&self.upstreams, req, ctx.version, &first, peer, t).await;
+            this_try.finish(&result);
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
         budget.deposit();
@@ -68,9 +71,9 @@ impl Outbound {
             };
             let body = replay.as_ref().map_or_else(empty, Replay::body);
             let req = Request::from_parts(clone_parts(&parts), body);
-            let result = self
-                .try_once(req, ctx, dest, &upstream, snapshot, try_t)
-                .await;
+            let this_try = Try::start(dest, &upstream);
+            let result = forward(&self.upstreams, req, ctx.version, &upstream, peer, try_t).await;
+            this_try.finish(&result);
             tried.extend(upstream.index);
 
             let (result, failed) = match result {
@@ -129,40 +132,40 @@ impl Outbound {
             upstream = Upstream::endpoint(dest, next);
         }
     }
+}
 
-    /// One try to an endpoint of `dest`: pending on it while it runs, its latency and
-    /// outcome recorded.
-    async fn try_once(
-        &self,
-        req: Request<Body>,
-        ctx: ConnCtx,
-        dest: &Destination,
-        upstream: &Upstream,
-        snapshot: &Snapshot,
-        t: Timeouts,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let Some((i, ep)) = upstream
+/// One try to an endpoint of a destination: pending on the endpoint while it runs, then its
+/// latency and outcome recorded. A guard around the forwarding future rather than an async
+/// function wrapping it: each async layer copies and holds the whole (kilobytes) future below.
+struct Try<'a> {
+    dest: &'a Destination,
+    /// The endpoint's index, its pending count held, and when the try started; none for a
+    /// target outside the destination's endpoints.
+    endpoint: Option<(usize, InFlight, Instant)>,
+}
+
+impl<'a> Try<'a> {
+    fn start(dest: &'a Destination, upstream: &Upstream) -> Self {
+        let endpoint = upstream
             .index
-            .and_then(|i| Some((i, dest.endpoints.get(i)?)))
-        else {
-            return self.forward(req, ctx, upstream, snapshot, t).await;
+            .and_then(|i| Some((i, dest.endpoints.get(i)?.stats.start(), Instant::now())));
+        Try { dest, endpoint }
+    }
+
+    fn finish(self, result: &Result<Response<Incoming>, ProxyError>) {
+        let Some((i, in_flight, started)) = self.endpoint else {
+            return;
         };
-        let in_flight = ep.stats.start();
-        let started = Instant::now();
-        let result = self.forward(req, ctx, upstream, snapshot, t).await;
         let took = started.elapsed();
         drop(in_flight);
-        let outcome = match &result {
-            Ok(resp) if resp.status().is_server_error() => Some(Outcome::Failure),
-            Ok(_) => Some(Outcome::Success),
-            Err(error) if error.failure().is_some() => Some(Outcome::Failure),
+        let outcome = match result {
+            Ok(resp) if resp.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(error) if error.failure().is_some() => Outcome::Failure,
             // Not the endpoint's doing (a bad request).
-            Err(_) => None,
+            Err(_) => return,
         };
-        if let Some(outcome) = outcome {
-            dest.record(i, outcome, took);
-        }
-        result
+        self.dest.record(i, outcome, took);
     }
 }
 
