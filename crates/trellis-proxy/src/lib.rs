@@ -31,6 +31,7 @@ mod retry;
 pub mod route;
 mod serve;
 mod state;
+mod tls_io;
 mod tunnel;
 mod xds;
 

@@ -1,7 +1,7 @@
 //! Mutual TLS on the mesh transport: the client side (auto mTLS to peers whose identity is
 //! known, checking that identity: secure naming) and the server side (STRICT, PERMISSIVE or
 //! DISABLE). The certificates and the SPIFFE checks live in `trellis-identity`; this module
-//! only wires them to sockets.
+//! only wires them to sockets; `tls_io` carries the bytes once the handshake is done.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use trellis_identity::{Credentials, SpiffeId, client_config, explain_handshake_error};
 
 use crate::error::ProxyError;
+use crate::tls_io::TlsIo;
 
 /// This proxy's TLS material: its live credentials and the client configs built from them, one
 /// per peer identity (they all follow the credentials as they are renewed).
@@ -59,7 +60,7 @@ impl MeshTls {
         // The name is not checked (the peer's SPIFFE ID is); rustls needs one anyway.
         let name = ServerName::IpAddress(PkiIp::from(addr.ip()));
         match TlsConnector::from(config).connect(name, tcp).await {
-            Ok(tls) => Ok(MeshStream::ClientTls(Box::new(tls))),
+            Ok(tls) => Ok(MeshStream::ClientTls(Box::new(TlsIo::client(tls)))),
             Err(error) => Err(ProxyError::Tls {
                 addr,
                 reason: handshake_reason(&error),
@@ -69,17 +70,14 @@ impl MeshTls {
 
     /// Handshake as a server with a peer proxy; returns the stream and the peer's verified
     /// identity.
-    pub(crate) async fn accept<I>(
-        &self,
-        io: I,
-    ) -> Result<(tokio_rustls::server::TlsStream<I>, Option<SpiffeId>), String>
+    pub(crate) async fn accept<I>(&self, io: I) -> Result<(TlsIo<I>, Option<SpiffeId>), String>
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         match self.acceptor.accept(io).await {
             Ok(tls) => {
                 let peer = trellis_identity::peer_identity(tls.get_ref().1);
-                Ok((tls, peer))
+                Ok((TlsIo::server(tls), peer))
             }
             Err(error) => Err(handshake_reason(&error)),
         }
@@ -111,7 +109,7 @@ fn handshake_reason(error: &io::Error) -> String {
 #[derive(Debug)]
 pub(crate) enum MeshStream {
     Plain(TcpStream),
-    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    ClientTls(Box<TlsIo<TcpStream>>),
 }
 
 impl MeshStream {
