@@ -83,6 +83,12 @@ pub enum Protocol {
     Grpc,
 }
 
+/// Are access logs written (the `access` target enabled)? A cached check: what only the log
+/// reads need not be copied when it is not.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// Emits the access log event of one request.
 pub fn log_request(r: &RequestLog<'_>) {
     tracing::info!(

@@ -104,10 +104,7 @@ async fn with_timeout<F: std::future::Future>(
 }
 
 /// `http://authority/path`.
-pub(crate) fn absolute(authority: &str, path: PathAndQuery) -> Result<Uri, ProxyError> {
-    let authority: Authority = authority.parse().map_err(|_| ProxyError::BadRequest {
-        reason: "invalid authority",
-    })?;
+pub(crate) fn absolute(authority: Authority, path: PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority)

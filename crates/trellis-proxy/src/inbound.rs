@@ -97,9 +97,7 @@ impl Inbound {
                         return;
                     }
                 };
-                let peer = PeerConn {
-                    principal: peer.map(|id| id.to_string().into()),
-                };
+                let peer = PeerConn::new(peer.map(|id| id.to_string().into()));
                 self.serve_mesh_h2(stream, addrs, peer, &drain).await;
             }
             Protocol::Http2 if snapshot.plaintext_allowed() => {
@@ -278,14 +276,21 @@ impl Inbound {
         } else {
             let mut req = req;
             if req.uri().authority().is_none() {
-                let authority =
-                    crate::observe::authority_of(&req).unwrap_or_else(|| target.to_string());
+                let authority = match crate::observe::authority_of(&req) {
+                    Some(authority) => authority,
+                    None => target
+                        .to_string()
+                        .parse()
+                        .map_err(|_| ProxyError::BadRequest {
+                            reason: "invalid authority",
+                        })?,
+                };
                 let path = req
                     .uri()
                     .path_and_query()
                     .cloned()
                     .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                *req.uri_mut() = crate::forward::absolute(&authority, path)?;
+                *req.uri_mut() = crate::forward::absolute(authority, path)?;
             }
             self.upstreams
                 .send_h2(target, None, req, t.connect, t.request)
@@ -309,19 +314,17 @@ impl Inbound {
             addrs,
         );
         obs.set_peer(peer);
-        if let Some((workload, namespace)) = req
-            .headers()
-            .get(TRELLIS_PEER)
-            .and_then(headers::parse_peer)
+        if let Some((workload, namespace)) =
+            req.headers().get(TRELLIS_PEER).and_then(|v| peer.source(v))
         {
-            obs.set_source(workload.into(), namespace.into());
+            obs.set_source(workload, namespace);
         }
         if let Some(service) = req
             .headers()
             .get(TRELLIS_SERVICE)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| peer.service(v))
         {
-            obs.set_service(service.into());
+            obs.set_service(service);
         }
 
         if req.method() == Method::CONNECT {

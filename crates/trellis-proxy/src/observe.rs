@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
@@ -51,6 +52,52 @@ pub(crate) struct RequestObserver {
 pub(crate) struct PeerConn {
     /// The peer's verified SPIFFE ID, when the connection is mutual TLS.
     pub(crate) principal: Option<Arc<str>>,
+    /// The metric labels its last requests named, made once per change rather than per request.
+    labels: Arc<Mutex<PeerLabels>>,
+}
+
+/// One connection carries one peer workload (`trellis-peer`) and mostly the same service
+/// (`trellis-service`): the last of each, as the header said it and as labels.
+#[derive(Debug, Default)]
+struct PeerLabels {
+    source: Option<(HeaderValue, Arc<str>, Arc<str>)>,
+    service: Option<(HeaderValue, Arc<str>)>,
+}
+
+impl PeerConn {
+    pub(crate) fn new(principal: Option<Arc<str>>) -> Self {
+        Self {
+            principal,
+            labels: Arc::default(),
+        }
+    }
+
+    /// The source workload and namespace a `trellis-peer` value names.
+    pub(crate) fn source(&self, value: &HeaderValue) -> Option<(Arc<str>, Arc<str>)> {
+        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((last, workload, namespace)) = &labels.source {
+            if last == value {
+                return Some((workload.clone(), namespace.clone()));
+            }
+        }
+        let (workload, namespace) = crate::headers::parse_peer(value)?;
+        let (workload, namespace): (Arc<str>, Arc<str>) = (workload.into(), namespace.into());
+        labels.source = Some((value.clone(), workload.clone(), namespace.clone()));
+        Some((workload, namespace))
+    }
+
+    /// The destination service a `trellis-service` value names.
+    pub(crate) fn service(&self, value: &HeaderValue) -> Option<Arc<str>> {
+        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((last, service)) = &labels.service {
+            if last == value {
+                return Some(service.clone());
+            }
+        }
+        let service: Arc<str> = value.to_str().ok()?.into();
+        labels.service = Some((value.clone(), service.clone()));
+        Some(service)
+    }
 }
 
 /// Where a connection came from and arrived.
@@ -70,6 +117,7 @@ impl RequestObserver {
         addrs: ConnAddrs,
     ) -> Self {
         let grpc = is_grpc(req.headers());
+        let log = access_log::enabled();
         let me = node.workload.clone();
         let my_ns = node.namespace.clone();
         let (src, src_ns, dst, dst_ns) = match reporter {
@@ -108,12 +156,17 @@ impl RequestObserver {
             },
             request_id: req.headers().get(crate::headers::X_REQUEST_ID).cloned(),
             method: req.method().clone(),
-            authority: authority_of(req).unwrap_or_default(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default(),
+            // Only the access log reads these two: not copied when it is off.
+            authority: match log {
+                true => authority_of(req).map(|a| a.as_str().to_owned()),
+                false => None,
+            }
+            .unwrap_or_default(),
+            path: match log {
+                true => req.uri().path_and_query().map(|p| p.as_str().to_owned()),
+                false => None,
+            }
+            .unwrap_or_default(),
             protocol: Protocol::new(req.version(), grpc),
             client: addrs.client,
             local: addrs.local,
@@ -595,13 +648,34 @@ fn grpc_status(headers: &HeaderMap) -> Option<u16> {
 }
 
 /// The authority a request names: its URI's (absolute-form, HTTP/2) or its Host header.
-pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<String> {
+/// The URI's shares the request's bytes; the Host header's is one copy (`http` keeps a
+/// header value's bytes to itself).
+pub(crate) fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+        return Some(a.clone());
     }
-    req.headers()
-        .get(header::HOST)?
-        .to_str()
-        .ok()
-        .map(str::to_owned)
+    Authority::try_from(req.headers().get(header::HOST)?.as_bytes()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_labels_are_made_once_per_change() {
+        let peer = PeerConn::new(None);
+        let (w1, n1) = peer.source(&HeaderValue::from_static("web ns")).unwrap();
+        let (w2, _) = peer.source(&HeaderValue::from_static("web ns")).unwrap();
+        assert_eq!((&*w1, &*n1), ("web", "ns"));
+        assert!(Arc::ptr_eq(&w1, &w2), "the same value reuses its labels");
+        let (w3, n3) = peer.source(&HeaderValue::from_static("api other")).unwrap();
+        assert_eq!((&*w3, &*n3), ("api", "other"));
+        assert!(peer.source(&HeaderValue::from_static("no-space")).is_none());
+
+        let s1 = peer.service(&HeaderValue::from_static("a.ns.svc")).unwrap();
+        let s2 = peer.service(&HeaderValue::from_static("a.ns.svc")).unwrap();
+        assert!(Arc::ptr_eq(&s1, &s2));
+        let s3 = peer.service(&HeaderValue::from_static("b.ns.svc")).unwrap();
+        assert_eq!(&*s3, "b.ns.svc");
+    }
 }

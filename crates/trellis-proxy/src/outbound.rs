@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::header::HeaderValue;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::{Service as _, service_fn};
@@ -272,18 +272,19 @@ impl Outbound {
             };
             return obs.fail(&error, ctx.version);
         }
-        let Some((host, port)) = authority_of(&req).and_then(|a| split_authority(&a)) else {
+        let Some(authority) = authority_of(&req) else {
             return obs.fail(&ProxyError::NoAuthority, ctx.version);
         };
+        let (host, port) = split_authority(&authority);
         let frontend = ctx
             .orig_dst
             .and_then(|dst| snapshot.by_addr(dst))
-            .or_else(|| snapshot.by_host(&host, port))
+            .or_else(|| snapshot.by_host(host, port))
             .cloned();
 
         // 2. The service's routes (GAMMA) pick the rule, and the rule the backend service;
         //    without routes the service itself is the destination.
-        let (dest, rule) = match routing::decide(frontend.as_deref(), &req, &host, port) {
+        let (dest, rule) = match routing::decide(frontend.as_deref(), &req, host, port) {
             Decision::Forward { dest, rule } => (dest, rule),
             // Answered from the routes: telemetry names the service the caller addressed.
             Decision::Redirect { status, location } => {
@@ -349,7 +350,7 @@ impl Outbound {
             .upstream(
                 &snapshot,
                 dest.as_deref(),
-                (&host, port),
+                (host, port),
                 orig_dst,
                 ctx.version,
                 hash,
@@ -669,7 +670,7 @@ async fn forward(
     match upstream.mesh {
         Some(peer) => {
             // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
-            *req.uri_mut() = absolute(&authority, path)?;
+            *req.uri_mut() = absolute(authority, path)?;
             let h = req.headers_mut();
             let dst = (upstream.dst_header.clone())
                 .unwrap_or_else(|| headers::addr_value(upstream.target));
@@ -696,7 +697,7 @@ async fn forward(
         None => {
             headers::strip_internal(req.headers_mut());
             if upstream.h2 || version == Version::HTTP_2 {
-                *req.uri_mut() = absolute(&authority, path)?;
+                *req.uri_mut() = absolute(authority, path)?;
                 upstreams
                     .send_h2(upstream.target, None, req, t.connect, t.request)
                     .await
@@ -740,14 +741,13 @@ async fn admit(
     }
 }
 
-/// `host[:port]` → (host, port), port 80 by default; IPv6 literals in brackets.
-fn split_authority(authority: &str) -> Option<(String, u16)> {
-    let authority: http::uri::Authority = authority.parse().ok()?;
+/// `host[:port]` → (host, port), port 80 by default; IPv6 literals without their brackets.
+fn split_authority(authority: &Authority) -> (&str, u16) {
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    Some((host.to_owned(), authority.port_u16().unwrap_or(80)))
+    (host, authority.port_u16().unwrap_or(80))
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, ProxyError> {
@@ -779,6 +779,9 @@ fn to_ingress<B>(req: &mut Request<B>, to: &str) -> Result<(), ProxyError> {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let to = to.parse().map_err(|_| ProxyError::BadRequest {
+        reason: "invalid authority",
+    })?;
     *req.uri_mut() = absolute(to, path)?;
     Ok(())
 }
@@ -789,12 +792,34 @@ mod tests {
 
     #[test]
     fn authorities_split_with_default_port() {
-        assert_eq!(split_authority("web.test"), Some(("web.test".into(), 80)));
-        assert_eq!(
-            split_authority("web.test:8080"),
-            Some(("web.test".into(), 8080))
-        );
-        assert_eq!(split_authority("[::1]:9"), Some(("::1".into(), 9)));
-        assert_eq!(split_authority("bad host"), None);
+        let split = |a: &str| {
+            let a: Authority = a.parse().ok()?;
+            let (host, port) = split_authority(&a);
+            Some((host.to_owned(), port))
+        };
+        assert_eq!(split("web.test"), Some(("web.test".into(), 80)));
+        assert_eq!(split("web.test:8080"), Some(("web.test".into(), 8080)));
+        assert_eq!(split("[::1]:9"), Some(("::1".into(), 9)));
+        assert_eq!(split("bad host"), None);
+    }
+
+    #[test]
+    fn the_authority_is_the_uris_else_the_host_headers() {
+        let req = Request::get("http://a.test:81/x")
+            .header("host", "b.test")
+            .body(())
+            .unwrap();
+        assert_eq!(authority_of(&req).unwrap().as_str(), "a.test:81");
+        let req = Request::get("/x")
+            .header("host", "b.test:82")
+            .body(())
+            .unwrap();
+        assert_eq!(authority_of(&req).unwrap().as_str(), "b.test:82");
+        let req = Request::get("/x")
+            .header("host", "bad host")
+            .body(())
+            .unwrap();
+        assert!(authority_of(&req).is_none());
+        assert!(authority_of(&Request::get("/x").body(()).unwrap()).is_none());
     }
 }
