@@ -31,6 +31,22 @@ struct Up {
     admins: Vec<(String, SocketAddr)>,
 }
 
+/// `trellis up` starts each process in a group of its own and stops them on SIGTERM; the
+/// SIGKILL a dropped `Process` gets would leave them all running (a failed test used to leave
+/// eleven processes behind).
+impl Drop for Up {
+    fn drop(&mut self) {
+        stop(&mut self.process);
+    }
+}
+
+fn stop(up: &mut Process) {
+    up.signal("TERM");
+    if up.wait_exit(Duration::from_secs(20)).is_none() {
+        up.kill();
+    }
+}
+
 impl Up {
     fn start() -> Up {
         let resources = TestDir::new("up-resources");
@@ -64,11 +80,12 @@ impl Up {
             .arg("--state-dir")
             .arg(state.path())
             .args(["--control", "127.0.0.1:0", "--control-admin", "127.0.0.1:0"]);
-        let process = Process::spawn("up", command);
+        let mut process = Process::spawn("up", command);
         if process
             .wait_for_stdout(UP, |l| l.contains("Ctrl-C stops everything"))
             .is_none()
         {
+            stop(&mut process);
             panic!(
                 "trellis up did not come up\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
                 process.stdout_lines().join("\n"),
@@ -328,5 +345,5 @@ fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
     );
     let left = left_running(up.state.path());
     assert!(left.is_empty(), "still running: {left:#?}");
-    drop(up.resources);
+    drop(up);
 }
