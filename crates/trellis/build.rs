@@ -19,7 +19,7 @@ fn main() {
     // Another linker (set by the user's flags) may not know the option: leave it alone then.
     let own_linker = env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"))
         || env::vars().any(|(k, _)| k.starts_with("CARGO_TARGET_") && k.ends_with("_LINKER"));
-    if !release || target != "x86_64-unknown-linux-gnu" || own_linker {
+    if !release || target != "x86_64-unknown-linux-gnu" || own_linker || !lld_by_default() {
         return;
     }
     let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
@@ -27,4 +27,22 @@ fn main() {
     };
     println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/hot-functions.txt");
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+}
+
+/// rustc 1.90 and later link x86_64 Linux with LLD; before (the workspace accepts 1.85), the
+/// system's GNU ld, which knows no symbol ordering file.
+fn lld_by_default() -> bool {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let Ok(out) = std::process::Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let version = String::from_utf8_lossy(&out.stdout);
+    let mut parts = version
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .split('.')
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    matches!((parts.next(), parts.next()), (Some(1), Some(minor)) if minor >= 90)
 }

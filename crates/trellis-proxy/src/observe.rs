@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
@@ -53,15 +54,16 @@ pub(crate) struct PeerConn {
     /// The peer's verified SPIFFE ID, when the connection is mutual TLS.
     pub(crate) principal: Option<Arc<str>>,
     /// The metric labels its last requests named, made once per change rather than per request.
-    labels: Arc<Mutex<PeerLabels>>,
+    labels: Arc<PeerLabels>,
 }
 
 /// One connection carries one peer workload (`trellis-peer`) and mostly the same service
-/// (`trellis-service`): the last of each, as the header said it and as labels.
+/// (`trellis-service`): the last of each, as the header said it and as labels. Lock-free: a
+/// load per request, a store when the value changes.
 #[derive(Debug, Default)]
 struct PeerLabels {
-    source: Option<(HeaderValue, Arc<str>, Arc<str>)>,
-    service: Option<(HeaderValue, Arc<str>)>,
+    source: ArcSwapOption<(HeaderValue, Arc<str>, Arc<str>)>,
+    service: ArcSwapOption<(HeaderValue, Arc<str>)>,
 }
 
 impl PeerConn {
@@ -74,28 +76,29 @@ impl PeerConn {
 
     /// The source workload and namespace a `trellis-peer` value names.
     pub(crate) fn source(&self, value: &HeaderValue) -> Option<(Arc<str>, Arc<str>)> {
-        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((last, workload, namespace)) = &labels.source {
+        if let Some((last, workload, namespace)) = self.labels.source.load().as_deref() {
             if last == value {
                 return Some((workload.clone(), namespace.clone()));
             }
         }
         let (workload, namespace) = crate::headers::parse_peer(value)?;
         let (workload, namespace): (Arc<str>, Arc<str>) = (workload.into(), namespace.into());
-        labels.source = Some((value.clone(), workload.clone(), namespace.clone()));
+        let labels = (value.clone(), workload.clone(), namespace.clone());
+        self.labels.source.store(Some(Arc::new(labels)));
         Some((workload, namespace))
     }
 
     /// The destination service a `trellis-service` value names.
     pub(crate) fn service(&self, value: &HeaderValue) -> Option<Arc<str>> {
-        let mut labels = self.labels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((last, service)) = &labels.service {
+        if let Some((last, service)) = self.labels.service.load().as_deref() {
             if last == value {
                 return Some(service.clone());
             }
         }
         let service: Arc<str> = value.to_str().ok()?.into();
-        labels.service = Some((value.clone(), service.clone()));
+        self.labels
+            .service
+            .store(Some(Arc::new((value.clone(), service.clone()))));
         Some(service)
     }
 }
@@ -157,16 +160,14 @@ impl RequestObserver {
             request_id: req.headers().get(crate::headers::X_REQUEST_ID).cloned(),
             method: req.method().clone(),
             // Only the access log reads these two: not copied when it is off.
-            authority: match log {
-                true => authority_of(req).map(|a| a.as_str().to_owned()),
-                false => None,
-            }
-            .unwrap_or_default(),
-            path: match log {
-                true => req.uri().path_and_query().map(|p| p.as_str().to_owned()),
-                false => None,
-            }
-            .unwrap_or_default(),
+            authority: log
+                .then(|| authority_of(req).map(|a| a.as_str().to_owned()))
+                .flatten()
+                .unwrap_or_default(),
+            path: log
+                .then(|| req.uri().path_and_query().map(|p| p.as_str().to_owned()))
+                .flatten()
+                .unwrap_or_default(),
             protocol: Protocol::new(req.version(), grpc),
             client: addrs.client,
             local: addrs.local,

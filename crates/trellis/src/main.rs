@@ -5,6 +5,7 @@ mod cert;
 mod check;
 mod control;
 mod demo_app;
+mod entry;
 mod iptables;
 mod proxy;
 mod status;
@@ -47,14 +48,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match trellis_runtime::runtime_builder().enable_all().build() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("trellis: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    entry::run("trellis", async {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
@@ -72,12 +66,5 @@ fn main() -> std::process::ExitCode {
                     .map(|()| std::process::ExitCode::SUCCESS)
             }
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("trellis: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -2,6 +2,8 @@
 //! without the control plane, the CA, the tools and the demo app linked in: fewer code pages
 //! for each sidecar to map (bench/README.md, "Memory").
 
+#[path = "../entry.rs"]
+mod entry;
 #[path = "../proxy.rs"]
 mod proxy;
 
@@ -17,18 +19,5 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match trellis_runtime::runtime_builder().enable_all().build() {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("trellis-proxy: cannot start the async runtime: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(proxy::run(cli.args)) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("trellis-proxy: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    entry::run("trellis-proxy", proxy::run(cli.args))
 }
