@@ -21,7 +21,13 @@ def measure(name, mode, ctx, seconds, fixed_seconds, loadgen):
         result["rss_idle_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
         result["anon_idle_kib"] = [sum(rss_kib(p, "RssAnon") for p in tree_pids(pid)) for pid in t.pids]
         if mode != "h2" and fixed_seconds:
+            cpu0 = sum(cpu_seconds(p) for p in tree)
             result["fixed"] = load.fixed_rate(client, loadgen, f"{t.ip}:{t.port}", t.host, fixed_seconds)
+            # A light load costs each request far more CPU than a saturating one (every request
+            # wakes a process whose caches went cold meanwhile): the figure behind the latency.
+            done = result["fixed"].get("requests", 0)
+            if t.pids and done:
+                result["fixed"]["proxy_cpu_us_per_req"] = (sum(cpu_seconds(p) for p in tree) - cpu0) * 1e6 / done
             result["rss_1000rps_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
         cpu0, t0 = sum(cpu_seconds(p) for p in tree), time.monotonic()
         r = closed_loop(mode, client, t, seconds, ctx.work)

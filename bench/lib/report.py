@@ -35,11 +35,26 @@ def mb(xs):
     return "/".join(f"{x / 1024:.1f}" for x in xs or []) or "–"
 
 
+def fixed_cpu(f):
+    return (f or {}).get("proxy_cpu_us_per_req")
+
+
+def cpu(f):
+    c = fixed_cpu(f)
+    return f"{c:.1f}" if c is not None else "–"
+
+
+def cpu_vs(f, nginx):
+    theirs = fixed_cpu(nginx.get("fixed")) if ok(nginx) else None
+    return ratio(fixed_cpu(f), theirs) if fixed_cpu(f) else "–"
+
+
 def fixed_table(rs):
     direct = rs.get("direct", {}).get("fixed", {}).get("latency_ms")
     lines = ["| contender | achieved rps | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p90 | "
-             "added p99 | added p99.9 | added p99 × nginx | × haproxy | RSS at 1,000 rps MB (A/B) |",
-             "|" + "---|" * 14]
+             "added p99 | added p99.9 | added p99 × nginx | × haproxy | proxy CPU µs/req | × nginx | "
+             "RSS at 1,000 rps MB (A/B) |",
+             "|" + "---|" * 16]
     added = {}
     for name, r in rs.items():
         if ok(r) and "fixed" in r and direct:
@@ -53,7 +68,8 @@ def fixed_table(rs):
         lines.append(f"| {name} | {f['achieved_rps']:.0f} | {f['errors']} | "
                      + " | ".join(f"{lat[q]:.3f}" for q in QS) + " | "
                      + " | ".join(f"{add[q]:.3f}" for q in QS)
-                     + f" | {vs('nginx')} | {vs('haproxy')} | {mb(r.get('rss_1000rps_kib'))} |")
+                     + f" | {vs('nginx')} | {vs('haproxy')} | {cpu(f)} | {cpu_vs(f, rs.get('nginx'))} | "
+                     + f"{mb(r.get('rss_1000rps_kib'))} |")
     return "\n".join(lines)
 
 

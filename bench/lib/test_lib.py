@@ -32,6 +32,8 @@ def result(name, mode, rps, p99, cpu, fixed=True):
     if fixed:
         r["fixed"] = {"achieved_rps": 1000, "errors": 0,
                       "latency_ms": {"p50": p99 / 4, "p90": p99 / 3, "p99": p99 / 2, "p99.9": p99}}
+        if cpu:
+            r["fixed"]["proxy_cpu_us_per_req"] = cpu * 4
         r["rss_1000rps_kib"] = [8500, 8500]
     return r
 
@@ -69,6 +71,13 @@ class Report(unittest.TestCase):
         self.assertIn("| L4 throughput ≥ 0.45× direct | 0.40× (40.0 %) | ✗ |", t)
         self.assertIn("| L7 p99 ≤ 1.0 ms (wrk, max load) | 0.90 ms | ✓ |", t)
         self.assertIn("| L4 proxy CPU per request (pair) ≤ 33 µs | 40.0 µs | ✗ |", t)
+
+    def test_fixed_rate_cpu_against_nginx(self):
+        rs = {r["name"]: r for r in self.results() if r["mode"] == "l7"}
+        table = report.fixed_table(rs)
+        # trellis: 120 µs at 1,000 rps against nginx's 188; direct has no proxies.
+        self.assertIn("| 120.0 | 0.64 | 8.3/8.3 |", table)
+        self.assertIn("| – | – | – |", table.splitlines()[2])
 
     def test_markdown_has_every_mode_and_the_failure(self):
         meta = {"stamp": "T", "topology": "loopback", "seconds": 10, "fixed_seconds": 5, "facts": {"machine": "m"}}

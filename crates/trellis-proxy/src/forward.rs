@@ -1,8 +1,12 @@
 //! Sending a request upstream: the connections both sides share and the per-hop rewriting of
 //! the request's version and target.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -61,12 +65,16 @@ impl Upstreams {
 
     /// Send `req` as HTTP/1.1 to `addr`, keeping its `Host` header (set from the URI's
     /// authority when absent).
-    pub(crate) async fn send_h1(
+    ///
+    /// Not an `async fn`: the request is rewritten here and only the pool's future is returned,
+    /// so the caller's state does not hold the request a second time (every byte of a
+    /// request's future is copied and touched on each request).
+    pub(crate) fn send_h1(
         &self,
         addr: SocketAddr,
         mut req: Request<Body>,
         request_timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = req
                 .uri()
@@ -86,21 +94,25 @@ impl Upstreams {
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::from(path);
         }
-        with_timeout(addr, request_timeout, self.h1.send(addr, req)).await?
+        with_timeout(addr, request_timeout, self.h1.send(addr, req))
+            .map(|sent| sent.and_then(std::convert::identity))
     }
 }
 
-async fn with_timeout<F: std::future::Future>(
+/// `fut`, bounded by `timeout` (unbounded when zero). A plain function: an `async fn` would
+/// keep `fut` twice in its state, as its argument and inside the `Timeout`.
+fn with_timeout<F: Future>(
     addr: SocketAddr,
     timeout: Duration,
     fut: F,
-) -> Result<F::Output, ProxyError> {
+) -> impl Future<Output = Result<F::Output, ProxyError>> {
     if timeout.is_zero() {
-        return Ok(fut.await);
+        return Either::Left(fut.map(Ok));
     }
-    tokio::time::timeout(timeout, fut)
-        .await
-        .map_err(|_| ProxyError::Timeout { addr, timeout })
+    Either::Right(
+        tokio::time::timeout(timeout, fut)
+            .map(move |done| done.map_err(|_| ProxyError::Timeout { addr, timeout })),
+    )
 }
 
 /// `http://authority/path`.

@@ -136,15 +136,32 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 
 /// At the edge of the mesh: record the client's address and the scheme it used.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let client = client.to_string();
     let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {client}"),
-        _ => client,
+        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {client}")).ok(),
+        _ => Some(ip_value(client)),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+/// An address as a header value. A sidecar's clients are nearly always the app on loopback,
+/// which costs no allocation; any other address is formatted on the stack and copied once.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    if ip == IpAddr::from([127, 0, 0, 1]) {
+        return HeaderValue::from_static("127.0.0.1");
+    }
+    if ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST) {
+        return HeaderValue::from_static("::1");
+    }
+    // The longest address text (an IPv4-mapped IPv6 address) is 45 bytes.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Is this an HTTP/1.1 upgrade request (WebSocket and friends)?
@@ -286,6 +303,26 @@ mod tests {
         set_forwarded(&mut h, IpAddr::from([127, 0, 0, 1]), "http");
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn forwarded_for_names_the_client_of_any_family() {
+        for (ip, text) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("10.1.2.3", "10.1.2.3"),
+            ("fd00::1:2", "fd00::1:2"),
+            ("::ffff:255.255.255.255", "::ffff:255.255.255.255"),
+            (
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            set_forwarded(&mut h, ip.parse().unwrap(), "https");
+            assert_eq!(h.get("x-forwarded-for").unwrap(), text);
+            assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        }
     }
 
     #[test]

@@ -328,7 +328,8 @@ impl Inbound {
         }
 
         if req.method() == Method::CONNECT {
-            return self.connect(req, obs, addrs, peer, &snapshot).await;
+            // Boxed: a tunnel's setup would otherwise be part of every request's state.
+            return Box::pin(self.connect(req, obs, addrs, peer, &snapshot)).await;
         }
 
         // Where the caller's proxy says this request is for, and in which protocol.

@@ -21,7 +21,7 @@ use crate::error::ProxyError;
 use crate::metrics::{
     Metrics, Reporter, RequestLabels, RequestProtocol, ResponseFlags, SecurityPolicy, TcpLabels,
 };
-use crate::pool::{Body, BoxError, boxed, full};
+use crate::pool::{Body, BoxError, boxed, empty, full};
 use crate::state::{Destination, EndpointInfo, NodeInfo};
 use crate::tunnel::Relayed;
 
@@ -45,7 +45,8 @@ pub(crate) struct RequestObserver {
     local: SocketAddr,
     upstream: Option<SocketAddr>,
     user_agent: Option<HeaderValue>,
-    received: Arc<AtomicU64>,
+    /// Request body bytes, counted as they pass; `None` while there is no body to count.
+    received: Option<Arc<AtomicU64>>,
 }
 
 /// What the inbound side knows of the peer proxy's connection.
@@ -173,7 +174,7 @@ impl RequestObserver {
             local: addrs.local,
             upstream: None,
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            received: Arc::new(AtomicU64::new(0)),
+            received: None,
         }
     }
 
@@ -228,16 +229,18 @@ impl RequestObserver {
         self.labels.response_flags = flags;
     }
 
-    /// Wrap the request body so that its bytes are counted.
-    pub(crate) fn count_request<B>(&self, body: B) -> Body
+    /// Wrap the request body so that its bytes are counted. A request without one (most GETs)
+    /// gets the empty body, which costs no allocation, instead of a counter and a wrapper.
+    pub(crate) fn count_request<B>(&mut self, body: B) -> Body
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
-        boxed(Counting {
-            inner: body,
-            count: self.received.clone(),
-        })
+        if body.is_end_stream() {
+            return empty();
+        }
+        let count = self.received.get_or_insert_with(Arc::default).clone();
+        boxed(Counting { inner: body, count })
     }
 
     /// Finish with the upstream's response (its body is observed until its end) or an error
@@ -345,7 +348,10 @@ impl RequestObserver {
             response_code: self.labels.response_code,
             grpc_status,
             response_flags: self.labels.response_flags,
-            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_received: self
+                .received
+                .as_ref()
+                .map_or(0, |count| count.load(Ordering::Relaxed)),
             bytes_sent: sent,
             duration,
             upstream_host: self.upstream,

@@ -365,19 +365,21 @@ impl Outbound {
             None => obs.set_upstream(upstream.target),
         }
 
-        // 4. CONNECT: a tunnel, answered here once the far end is reachable.
+        // 4. CONNECT: a tunnel, answered here once the far end is reachable. Boxed, as is an
+        //    upgrade below: a tunnel's setup is kilobytes of state that every ordinary
+        //    request's future would otherwise carry (and copy), and a tunnel lives long enough
+        //    for one allocation not to matter.
         if req.method() == Method::CONNECT {
-            return self
-                .connect(
-                    req,
-                    obs,
-                    dest.as_deref(),
-                    &upstream,
-                    &snapshot,
-                    timeouts,
-                    ctx.version,
-                )
-                .await;
+            return Box::pin(self.connect(
+                req,
+                obs,
+                dest.as_deref(),
+                &upstream,
+                &snapshot,
+                timeouts,
+                ctx.version,
+            ))
+            .await;
         }
 
         // 5. Header hygiene, at the edge of the mesh; then the rule's rewrite and header
@@ -402,17 +404,16 @@ impl Outbound {
 
         // 6. Send it.
         let result = match downstream_upgrade {
-            Some(downstream) => self
-                .upgrade(
-                    req,
-                    downstream,
-                    &upstream,
-                    dest.as_deref(),
-                    &snapshot,
-                    timeouts,
-                )
-                .await
-                .map(|r| r.map(crate::retry::UpstreamBody::new)),
+            Some(downstream) => Box::pin(self.upgrade(
+                req,
+                downstream,
+                &upstream,
+                dest.as_deref(),
+                &snapshot,
+                timeouts,
+            ))
+            .await
+            .map(|r| r.map(crate::retry::UpstreamBody::new)),
             None => {
                 if let Some(d) = &dest {
                     req.headers_mut()

@@ -147,9 +147,21 @@ impl H2Pool {
         if let Some(send) = live(&slot) {
             return Ok(send);
         }
+        // Boxed: connecting (TCP, TLS and HTTP/2 handshakes) is kilobytes of state that every
+        // request's future would otherwise carry for the rare request that connects.
+        Box::pin(self.connect(addr, peer, connect_timeout, &slot)).await
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&SpiffeId>,
+        connect_timeout: Duration,
+        slot: &Slot,
+    ) -> Result<SendRequest<Body>, ProxyError> {
         // One connection attempt at a time per address; the others wait and reuse it.
         let _connecting = slot.connecting.lock().await;
-        if let Some(send) = live(&slot) {
+        if let Some(send) = live(slot) {
             return Ok(send);
         }
         let io = self
