@@ -72,6 +72,10 @@ def target_dir(root):
 
 
 def build(root):
-    say("cargo build --release (trellis, trellis-proxy, trellis-loadgen)")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "trellis", "--bin", "trellis-proxy",
-                    "--bin", "trellis-loadgen"], cwd=root, check=True)
+    # Two builds, not one: built together, the load generator would change the features (and
+    # so the symbol names) of the dependencies it shares with trellis, the binary would differ
+    # from what `cargo run --release -- up` builds, and the linker's function order
+    # (crates/trellis/hot-functions.txt) would no longer match its names.
+    say("cargo build --release (trellis and trellis-proxy; then trellis-loadgen)")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis"], cwd=root, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis-loadgen"], cwd=root, check=True)
