@@ -36,7 +36,11 @@ pub(crate) struct RequestObserver {
     metrics: Metrics,
     start: Instant,
     labels: RequestLabels,
-    request_id: Option<HeaderValue>,
+    /// The access log's request id and user agent: copied, and only while the log is on. A
+    /// header value shares the buffer it was read into (hyper's read buffer, h2's frame), and
+    /// holding one until the response ends made the connection allocate a fresh 8 KB buffer
+    /// for the next request.
+    request_id: Option<String>,
     method: Method,
     authority: String,
     path: String,
@@ -44,7 +48,7 @@ pub(crate) struct RequestObserver {
     client: SocketAddr,
     local: SocketAddr,
     upstream: Option<SocketAddr>,
-    user_agent: Option<HeaderValue>,
+    user_agent: Option<String>,
     /// Request body bytes, counted as they pass; `None` while there is no body to count.
     received: Option<Arc<AtomicU64>>,
 }
@@ -158,7 +162,9 @@ impl RequestObserver {
                     Reporter::Destination => SecurityPolicy::Plaintext,
                 },
             },
-            request_id: req.headers().get(crate::headers::X_REQUEST_ID).cloned(),
+            request_id: log
+                .then(|| header_text(req.headers().get(crate::headers::X_REQUEST_ID)))
+                .flatten(),
             method: req.method().clone(),
             // Only the access log reads these two: not copied when it is off.
             authority: log
@@ -173,7 +179,9 @@ impl RequestObserver {
             client: addrs.client,
             local: addrs.local,
             upstream: None,
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            user_agent: log
+                .then(|| header_text(req.headers().get(header::USER_AGENT)))
+                .flatten(),
             received: None,
         }
     }
@@ -185,8 +193,10 @@ impl RequestObserver {
         }
     }
 
-    pub(crate) fn set_request_id(&mut self, id: HeaderValue) {
-        self.request_id = Some(id);
+    pub(crate) fn set_request_id(&mut self, id: &HeaderValue) {
+        if access_log::enabled() {
+            self.request_id = header_text(Some(id));
+        }
     }
 
     /// The caller, as named by the peer proxy (inbound side).
@@ -336,8 +346,8 @@ impl RequestObserver {
         let duration = self.start.elapsed();
         self.labels.grpc_response_status = grpc_status;
         self.metrics.record_request(&self.labels, duration);
-        let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
-        let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
+        let request_id = self.request_id.as_deref();
+        let user_agent = self.user_agent.as_deref();
         access_log::log_request(&RequestLog {
             reporter: self.labels.reporter,
             request_id,
@@ -652,6 +662,11 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A header's value as text of its own (not sharing the buffer it was read into).
+fn header_text(value: Option<&HeaderValue>) -> Option<String> {
+    value?.to_str().ok().map(str::to_owned)
 }
 
 /// The authority a request names: its URI's (absolute-form, HTTP/2) or its Host header.

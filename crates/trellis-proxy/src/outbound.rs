@@ -386,7 +386,7 @@ impl Outbound {
         //    modifiers; then copies for the rule's mirrors, sent on their own.
         let upgrade = headers::is_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
+        obs.set_request_id(&headers::ensure_request_id(req.headers_mut()));
         headers::strip_internal(req.headers_mut());
         if !upgrade {
             headers::strip_hop_by_hop(req.headers_mut());
