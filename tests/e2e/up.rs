@@ -347,3 +347,19 @@ fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
     assert!(left.is_empty(), "still running: {left:#?}");
     drop(up);
 }
+
+/// `up` killed with SIGKILL cannot stop its children; each `trellis` child notices that `up` is
+/// no longer its parent (checked once a second) and stops by itself.
+#[test]
+fn a_killed_up_leaves_nothing_running() {
+    let mut up = Up::start();
+    up.process.kill();
+    let stopped = trellis_test_support::wait_until(Duration::from_secs(20), || {
+        left_running(up.state.path()).is_empty().then_some(())
+    });
+    assert!(
+        stopped.is_some(),
+        "still running 20 s after up was killed: {:#?}",
+        left_running(up.state.path())
+    );
+}

@@ -494,6 +494,8 @@ fn spawn(name: &str, mut command: std::process::Command, log: &Path) -> anyhow::
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
+        // A `trellis` child stops by itself if `up` dies without stopping it (entry.rs).
+        .env(crate::entry::UP_PARENT_ENV, std::process::id().to_string())
         .process_group(0);
     let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
