@@ -1,5 +1,6 @@
 """The Markdown report: the machine, one section per mode (fixed rate, maximum throughput),
 the issue's targets with ✓/✗, and what went wrong."""
+from .trials import SPREAD
 
 MODES = {
     "l7": "L7: HTTP/1.1 (wrk -t1 -c16, keep-alive, 1 KiB body)",
@@ -179,6 +180,25 @@ def problems(results):
     return ("## Problems seen\n\n" + "\n".join(lines) + "\n") if lines else ""
 
 
+def spread(results):
+    """With several trials: the range of the main figures, so that a ratio can be read against
+    the noise it sits in."""
+    rows = [r for r in results if r.get("spread")]
+    if not rows:
+        return ""
+    labels = [label for label, _ in SPREAD if any(label in r["spread"] for r in rows)]
+    fmt = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+    lines = ["## Spread across trials\n",
+             "Lowest and highest of each figure over the trials (the tables above give the medians).\n",
+             "| mode | contender | trials | " + " | ".join(labels) + " |",
+             "|" + "---|" * (3 + len(labels))]
+    for r in rows:
+        cells = [f"{fmt(r['spread'][label][0])}–{fmt(r['spread'][label][1])}" if label in r["spread"] else "–"
+                 for label in labels]
+        lines.append(f"| {r['mode']} | {r['name']} | {r.get('trials', '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results, meta, chart_name=None):
     m = by_mode(results)
     out = [f"# Trellis benchmark {meta['stamp']} ({meta['topology']})\n",
@@ -198,5 +218,6 @@ def markdown(results, meta, chart_name=None):
             out.append(f"Maximum throughput, closed loop, {meta['seconds']} s:\n")
         out.append(max_table(m[mode]) + "\n")
     out.append(targets(results, meta["topology"]))
+    out.append(spread(results))
     out.append(problems(results))
     return "\n".join(s for s in out if s is not None)

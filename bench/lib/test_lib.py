@@ -2,7 +2,7 @@
 python3 -m unittest discover -s bench/lib -t bench  (./scripts/test runs it; well under a second)."""
 import unittest
 
-from lib import load, report, topology
+from lib import load, report, topology, trials
 
 WRK = """Running 1s test @ http://127.0.0.1:8080/
   1 threads and 16 connections
@@ -85,6 +85,27 @@ class Report(unittest.TestCase):
         for needle in ("## L7", "## L4", "## HTTP/2", "![", "| haproxy | failed: no answer", "## Problems seen",
                        "indicative only"):
             self.assertIn(needle, md)
+
+
+class Trials(unittest.TestCase):
+    def test_medians_spread_and_failures(self):
+        rs = [result("trellis", "l7", rps, p99, cpu) for rps, p99, cpu in
+              ((20000, 1.5, 50.0), (18000, 1.9, 56.0), (21000, 1.4, 49.0))]
+        rs.append({"name": "trellis", "mode": "l7", "failed": "no answer"})
+        rs += [result("nginx", "l7", 19000, 2.0, 48.0)]
+        rs += [{"name": "haproxy", "mode": "l7", "failed": "a"}, {"name": "haproxy", "mode": "l7", "failed": "b"}]
+        folded = {r["name"]: r for r in trials.fold(rs)}
+        t = folded["trellis"]
+        self.assertEqual((t["rps"], t["proxy_cpu_us_per_req"], t["latency_ms"]["p99"]), (20000, 50.0, 1.5))
+        self.assertEqual(t["rss_idle_kib"], [8192, 8192])
+        self.assertEqual(t["fixed"]["proxy_cpu_us_per_req"], 200.0)
+        self.assertEqual(t["trials"], "3 of 4")
+        self.assertEqual(t["spread"]["req/s"], [18000, 21000])
+        self.assertEqual(folded["nginx"]["rps"], 19000)  # one trial: as it was
+        self.assertNotIn("spread", folded["nginx"])
+        self.assertEqual((folded["haproxy"]["failed"], folded["haproxy"]["trials"]), ("a", "0 of 2"))
+        md = report.spread(list(folded.values()))
+        self.assertIn("| l7 | trellis | 3 of 4 | 18,000–21,000 | 49.0–56.0 | 1.40–1.90 |", md)
 
 
 class Topology(unittest.TestCase):
