@@ -216,6 +216,7 @@ fn left_running(state: &Path) -> Vec<String> {
 
 #[test]
 fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
+    a_killed_up_leaves_nothing_running();
     let mut up = Up::start();
 
     // The ingress answers with the whole call tree, across the mesh.
@@ -349,8 +350,9 @@ fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
 }
 
 /// `up` killed with SIGKILL cannot stop its children; each `trellis` child notices that `up` is
-/// no longer its parent (checked once a second) and stops by itself.
-#[test]
+/// no longer its parent (checked once a second) and stops by itself. Run at the start of the
+/// demo's test, not as a test of its own: two demos at once race for free ports (a catalog app
+/// found its port taken by the other demo's sidecar).
 fn a_killed_up_leaves_nothing_running() {
     let mut up = Up::start();
     up.process.kill();
