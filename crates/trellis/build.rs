@@ -1,15 +1,15 @@
 //! Release builds lay the code a proxy runs out in one contiguous stretch.
 //!
-//! `hot-functions.txt` lists every function the two proxies of `bench/instructions` ran: those
-//! run under load first, hottest first, then start-up's; the linker (LLD, Rust's default on x86_64 Linux since 1.90) places
-//! them in that order at the start of `.text`. A proxy then touches a few hundred pages of code
-//! instead of pages spread over the whole binary, each widened by the kernel's 64 KiB
-//! fault-around: idle RSS drops by several MB and the hot path shares fewer iTLB entries.
-//! A name that no longer exists (a changed function, a new toolchain) is skipped without a word,
-//! so a stale list costs memory, never correctness: regenerate it with
-//! `bench/instructions --order-file crates/trellis/hot-functions.txt`. The names carry a hash of
-//! each crate's features: the list fits `cargo build --release -p trellis` (what `cargo run
-//! --release -- up` builds), not a build that adds other packages and so changes those features.
+//! `hot-functions.txt` lists every function the two proxies of `bench/instructions` ran: those run
+//! under load first, hottest first, then start-up's. The linker (LLD, Rust's default on x86_64
+//! Linux since 1.90) places them in that order at the start of `.text`. A proxy then touches a few
+//! hundred pages of code instead of pages spread over the whole binary, each widened by the
+//! kernel's 64 KiB fault-around: idle RSS drops by several MB and the hot path shares fewer iTLB
+//! entries. A name that no longer exists (a changed function, a new toolchain) is skipped without a
+//! word, so a stale list costs memory, never correctness: regenerate it with `bench/instructions
+//! --order-file crates/trellis/hot-functions.txt`. The names carry a hash of each crate's features:
+//! the list fits `cargo build --release -p trellis` (what `cargo run --release -- up` builds), not
+//! a build that adds other packages and so changes those features.
 
 use std::env;
 

@@ -37,9 +37,8 @@ pub(crate) struct RequestObserver {
     start: Instant,
     labels: RequestLabels,
     /// The access log's request id and user agent: copied, and only while the log is on. A
-    /// header value shares the buffer it was read into (hyper's read buffer, h2's frame), and
-    /// holding one until the response ends made the connection allocate a fresh 8 KB buffer
-    /// for the next request.
+    /// header value shares the buffer it was read into (hyper's read buffer, h2's frame);
+    /// holding one would keep that whole buffer alive until the response ends.
     request_id: Option<String>,
     method: Method,
     authority: String,
