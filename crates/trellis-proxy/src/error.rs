@@ -37,7 +37,7 @@ pub enum ProxyError {
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: crate::pool::BoxError,
     },
     #[error("upstream {addr} failed: {source}")]
     Upstream {

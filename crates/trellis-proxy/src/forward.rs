@@ -11,13 +11,13 @@ use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use std::sync::Arc;
 
 use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
+use crate::h2_client::RecvBody;
 use crate::mtls::MeshTls;
 use crate::pool::{Body, Connector, H1Pool, H2Pool};
 
@@ -50,17 +50,24 @@ impl Upstreams {
         mut req: Request<Body>,
         connect_timeout: Duration,
         request_timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut send = self.h2.sender(addr, peer, connect_timeout).await?;
+    ) -> Result<Response<RecvBody>, ProxyError> {
         *req.version_mut() = Version::HTTP_2;
         // HTTP/2 carries the host in :authority; a Host header would be a second source of truth.
         req.headers_mut().remove(header::HOST);
-        with_timeout(addr, request_timeout, send.send_request(req))
-            .await?
-            .map_err(|source| ProxyError::Upstream {
-                addr,
-                source: source.into(),
-            })
+        // The request's timeout covers waiting for room for a stream, too (a peer at its
+        // concurrent-stream limit); connecting has the connect timeout.
+        let conn = self.h2.sender(addr, peer, connect_timeout).await?;
+        let send = async {
+            let ready = self.h2.ready(conn, addr, peer, connect_timeout).await?;
+            ready
+                .send(req)
+                .await
+                .map_err(|source| ProxyError::Upstream {
+                    addr,
+                    source: source.into(),
+                })
+        };
+        with_timeout(addr, request_timeout, send).await?
     }
 
     /// Send `req` as HTTP/1.1 to `addr`, keeping its `Host` header (set from the URI's
@@ -74,7 +81,7 @@ impl Upstreams {
         addr: SocketAddr,
         mut req: Request<Body>,
         request_timeout: Duration,
-    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response<RecvBody>, ProxyError>> + Send + '_ {
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = req
                 .uri()

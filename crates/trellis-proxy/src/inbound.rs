@@ -24,6 +24,7 @@ use crate::authz::{self, Attributes, Denial, HttpAttributes};
 use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
+use crate::h2_client::RecvBody;
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::mtls::MeshTls;
@@ -265,7 +266,7 @@ impl Inbound {
         target: SocketAddr,
         http1: bool,
         snapshot: &Snapshot,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<RecvBody>, ProxyError> {
         obs.set_upstream(target);
         headers::strip_hop_by_hop(req.headers_mut());
         let t = snapshot.timeouts;

@@ -25,6 +25,7 @@ use trellis_runtime::DrainWatcher;
 use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::{Upstreams, absolute};
+use crate::h2_client::RecvBody;
 use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::observe::{ConnAddrs, RequestObserver, authority_of};
@@ -507,14 +508,17 @@ impl Outbound {
         dest: Option<&Destination>,
         snapshot: &Snapshot,
         t: Timeouts,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<RecvBody>, ProxyError> {
         let slot = connection_slot(dest)?;
         let tunnel = self.open_tunnel(upstream, dest, snapshot, t).await?;
         let addr = upstream.mesh.unwrap_or(upstream.target);
         let (mut send, conn) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
                 .await
-                .map_err(|source| ProxyError::Handshake { addr, source })?;
+                .map_err(|source| ProxyError::Handshake {
+                    addr,
+                    source: source.into(),
+                })?;
         tokio::spawn(async move {
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, "upgrade connection ended");
@@ -555,7 +559,7 @@ impl Outbound {
                 }
             });
         }
-        Ok(resp)
+        Ok(resp.map(RecvBody::H1))
     }
 
     /// `CONNECT host:port`: open the tunnel first (so a failure is a proper 503), answer 200,
@@ -661,7 +665,7 @@ async fn forward(
     upstream: &Upstream,
     peer_header: &HeaderValue,
     t: Timeouts,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<RecvBody>, ProxyError> {
     let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
     let path = req
         .uri()

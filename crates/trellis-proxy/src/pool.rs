@@ -17,14 +17,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
+use crate::h2_client::{self, H2Conn, Ready, RecvBody};
 use crate::mtls::{MeshStream, MeshTls};
 
 /// Errors carried inside bodies.
@@ -120,7 +120,7 @@ pub(crate) struct H2Pool {
 
 #[derive(Debug, Default)]
 struct Slot {
-    current: ArcSwapOption<SendRequest<Body>>,
+    current: ArcSwapOption<H2Conn>,
     connecting: tokio::sync::Mutex<()>,
 }
 
@@ -132,14 +132,36 @@ impl H2Pool {
         }
     }
 
-    /// A sender on the live connection to `addr`, connecting if there is none (with mutual
-    /// TLS when `peer`, the identity it must prove, is known).
+    /// Room for a stream on `conn`, the connection to `addr` that [`sender`](Self::sender)
+    /// gave. One found closing (GOAWAY) as the stream was about to open is replaced once.
+    pub(crate) async fn ready(
+        &self,
+        conn: H2Conn,
+        addr: SocketAddr,
+        peer: Option<&SpiffeId>,
+        connect_timeout: Duration,
+    ) -> Result<Ready, ProxyError> {
+        let failed = match conn.ready().await {
+            Ok(ready) => return Ok(ready),
+            Err(error) => error,
+        };
+        tracing::debug!(peer.addr = %addr, error = %failed, "HTTP/2 connection closing; reconnecting");
+        // Boxed, as in `sender`: rare, and a connection attempt's state is large.
+        let conn = Box::pin(self.sender(addr, peer, connect_timeout)).await?;
+        conn.ready().await.map_err(|source| ProxyError::Upstream {
+            addr,
+            source: source.into(),
+        })
+    }
+
+    /// The live connection to `addr`, connecting if there is none (with mutual TLS when
+    /// `peer`, the identity it must prove, is known).
     pub(crate) async fn sender(
         &self,
         addr: SocketAddr,
         peer: Option<&SpiffeId>,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    ) -> Result<H2Conn, ProxyError> {
         let slot = {
             let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
             peers.entry(addr).or_default().clone()
@@ -158,7 +180,7 @@ impl H2Pool {
         peer: Option<&SpiffeId>,
         connect_timeout: Duration,
         slot: &Slot,
-    ) -> Result<SendRequest<Body>, ProxyError> {
+    ) -> Result<H2Conn, ProxyError> {
         // One connection attempt at a time per address; the others wait and reuse it.
         let _connecting = slot.connecting.lock().await;
         if let Some(send) = live(slot) {
@@ -169,39 +191,23 @@ impl H2Pool {
             .connect_mesh(addr, peer, connect_timeout)
             .await?;
         let tls = io.is_tls();
-        let (send, conn) = h2_client()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                tracing::debug!(peer.addr = %addr, %error, "HTTP/2 connection ended");
-            }
-        });
+        let send =
+            h2_client::handshake(io, addr)
+                .await
+                .map_err(|source| ProxyError::Handshake {
+                    addr,
+                    source: source.into(),
+                })?;
         slot.current.store(Some(Arc::new(send.clone())));
         tracing::debug!(peer.addr = %addr, tls, "HTTP/2 connection opened");
         Ok(send)
     }
 }
 
-fn live(slot: &Slot) -> Option<SendRequest<Body>> {
+fn live(slot: &Slot) -> Option<H2Conn> {
     let guard = slot.current.load();
     let send = guard.as_ref()?;
-    (!send.is_closed()).then(|| SendRequest::clone(send))
-}
-
-/// HTTP/2 client settings for proxy-to-proxy and proxy-to-app connections: large windows so a
-/// single stream can fill a fast link, keep-alive pings so a dead peer is noticed.
-fn h2_client() -> hyper::client::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
-        .max_send_buf_size(1024 * 1024)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    b
+    (!send.is_closed()).then(|| H2Conn::clone(send))
 }
 
 /// HTTP/1.1 connections to apps behind the inbound side and to destinations outside the mesh,
@@ -247,14 +253,14 @@ impl H1Pool {
         &self,
         addr: SocketAddr,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<RecvBody>, ProxyError> {
         let upstream = |source: hyper::Error| ProxyError::Upstream {
             addr,
             source: source.into(),
         };
         let req = match self.try_pooled(addr, req) {
             Ok(sent) => match sent.await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(RecvBody::H1)),
                 Err(mut error) => match error.take_message() {
                     Some(req) => req,
                     None => return Err(upstream(error.into_error())),
@@ -265,7 +271,9 @@ impl H1Pool {
         let mut send = self.open(addr).await?;
         let sent = send.send_request(req);
         self.add(addr, send);
-        sent.await.map_err(upstream)
+        sent.await
+            .map(|resp| resp.map(RecvBody::H1))
+            .map_err(upstream)
     }
 
     /// Send on a pooled connection that is ready, if there is one; else give the request back.
@@ -299,7 +307,10 @@ impl H1Pool {
         let tcp = self.connector.connect(addr, self.connect_timeout).await?;
         let (send, conn) = http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
+            .map_err(|source| ProxyError::Handshake {
+                addr,
+                source: source.into(),
+            })?;
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(upstream.addr = %addr, %error, "HTTP/1.1 connection ended");

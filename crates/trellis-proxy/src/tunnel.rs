@@ -10,8 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode, Uri};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -19,8 +17,8 @@ use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
+use crate::h2_client::H2Io;
 use crate::headers::{TRELLIS_PEER, TRELLIS_SERVICE};
-use crate::pool::empty;
 
 /// A stream to a destination.
 #[derive(Debug)]
@@ -28,7 +26,7 @@ pub(crate) enum Tunnel {
     /// Straight to the destination (outside the mesh, or the local app).
     Tcp(TcpStream),
     /// A `CONNECT` stream on the pooled HTTP/2 connection to the destination's proxy.
-    Mesh(TokioIo<Upgraded>),
+    Mesh(H2Io),
 }
 
 /// Open a stream to `target`: through the proxy at `mesh` when the destination is in the mesh,
@@ -47,7 +45,7 @@ pub(crate) async fn open(
             upstreams.connector.connect(target, connect_timeout).await?,
         ));
     };
-    let mut send = upstreams
+    let conn = upstreams
         .h2
         .sender(proxy, identity, connect_timeout)
         .await?;
@@ -57,23 +55,32 @@ pub(crate) async fn open(
         .map_err(|_| ProxyError::BadRequest {
             reason: "invalid tunnel target",
         })?;
-    let mut req = Request::new(empty());
+    let mut req = Request::new(());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
     req.headers_mut().insert(TRELLIS_PEER, peer.clone());
     if let Some(service) = service {
         req.headers_mut().insert(TRELLIS_SERVICE, service.clone());
     }
-    let resp = tokio::time::timeout(connect_timeout, send.send_request(req))
+    let open = async {
+        let ready = upstreams
+            .h2
+            .ready(conn, proxy, identity, connect_timeout)
+            .await?;
+        ready
+            .connect(req)
+            .await
+            .map_err(|source| ProxyError::Upstream {
+                addr: proxy,
+                source: source.into(),
+            })
+    };
+    let (resp, io) = tokio::time::timeout(connect_timeout, open)
         .await
         .map_err(|_| ProxyError::ConnectTimeout {
             addr: proxy,
             timeout: connect_timeout,
-        })?
-        .map_err(|source| ProxyError::Upstream {
-            addr: proxy,
-            source: source.into(),
-        })?;
+        })??;
     if resp.status() != StatusCode::OK {
         return Err(ProxyError::TunnelRefused {
             addr: proxy,
@@ -81,13 +88,7 @@ pub(crate) async fn open(
             status: resp.status(),
         });
     }
-    let upgraded = hyper::upgrade::on(resp)
-        .await
-        .map_err(|source| ProxyError::Upstream {
-            addr: proxy,
-            source: source.into(),
-        })?;
-    Ok(Tunnel::Mesh(TokioIo::new(upgraded)))
+    Ok(Tunnel::Mesh(io))
 }
 
 /// What a relay moved before it ended.

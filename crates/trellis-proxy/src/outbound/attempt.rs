@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use trellis_model::Timeouts;
 
 use super::{ConnCtx, Outbound, Upstream, forward};
 use crate::balance::{InFlight, Outcome};
 use crate::error::ProxyError;
+use crate::h2_client::RecvBody;
 use crate::pool::{Body, empty};
 use crate::retry::peek::{PEEK_WAIT, peek};
 use crate::retry::{Replay, UpstreamBody};
@@ -152,7 +152,7 @@ impl<'a> Try<'a> {
         Try { dest, endpoint }
     }
 
-    fn finish(self, result: &Result<Response<Incoming>, ProxyError>) {
+    fn finish(self, result: &Result<Response<RecvBody>, ProxyError>) {
         let Some((i, in_flight, started)) = self.endpoint else {
             return;
         };

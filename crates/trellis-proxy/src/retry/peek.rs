@@ -27,7 +27,9 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+
+use crate::h2_client::RecvBody;
+use crate::pool::BoxError;
 
 /// The longest a try's response headers are held while waiting for the first frame.
 pub(crate) const PEEK_WAIT: Duration = Duration::from_millis(250);
@@ -36,8 +38,8 @@ pub(crate) const PEEK_WAIT: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     /// `Some(None)`: the body was seen to end.
-    peeked: Option<Option<Result<Frame<Bytes>, hyper::Error>>>,
-    rest: Incoming,
+    peeked: Option<Option<Result<Frame<Bytes>, BoxError>>>,
+    rest: RecvBody,
 }
 
 /// A response whose first frame was looked at.
@@ -49,13 +51,13 @@ pub(crate) struct Peeked {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(rest: Incoming) -> Self {
+    pub(crate) fn new(rest: RecvBody) -> Self {
         Self { peeked: None, rest }
     }
 }
 
 /// Wait up to `wait` for the first frame of `response`'s body.
-pub(crate) async fn peek(response: Response<Incoming>, wait: Duration) -> Peeked {
+pub(crate) async fn peek(response: Response<RecvBody>, wait: Duration) -> Peeked {
     let (parts, mut body) = response.into_parts();
     let (peeked, trailers) = match tokio::time::timeout(wait, body.frame()).await {
         Err(_) => (None, None),
@@ -76,12 +78,12 @@ pub(crate) async fn peek(response: Response<Incoming>, wait: Duration) -> Peeked
 
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(peeked) = self.peeked.take() {
             return Poll::Ready(peeked);
         }
@@ -113,14 +115,14 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     use super::*;
-    use crate::pool::{Body, BoxError, empty};
+    use crate::pool::empty;
 
     /// A response from a real HTTP/2 server over an in-memory pipe, whose body is `frames`
     /// (with `pause` before them).
-    async fn response(frames: Vec<Frame<Bytes>>, pause: Duration) -> Response<Incoming> {
+    async fn response(frames: Vec<Frame<Bytes>>, pause: Duration) -> Response<RecvBody> {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let frames = std::sync::Mutex::new(Some(frames));
-        let service = service_fn(move |_req: Request<Incoming>| {
+        let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
             let frames = frames
                 .lock()
                 .ok()
@@ -142,17 +144,12 @@ mod tests {
                 .serve_connection(TokioIo::new(server), service)
                 .await;
         });
-        let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
-            TokioExecutor::new(),
-            TokioIo::new(client),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let conn = crate::h2_client::handshake(client, addr).await.unwrap();
         let req = Request::post("http://test/svc/Method")
             .body(empty())
             .unwrap();
-        send.send_request(req).await.unwrap()
+        conn.ready().await.unwrap().send(req).await.unwrap()
     }
 
     fn status(code: &'static str) -> HeaderMap {
