@@ -435,3 +435,6 @@ fn io_error(error: h2::Error) -> io::Error {
         io::Error::other(error)
     }
 }
+
+#[cfg(test)]
+mod tests;
