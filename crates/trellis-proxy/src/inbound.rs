@@ -1,7 +1,7 @@
 //! The inbound side: traffic from the mesh (and captured clients) to the local app.
 //!
 //! The mesh listener speaks HTTP/2 with peer proxies. An ordinary request names the app
-//! address in `trellis-dst` and the client's protocol in `trellis-proto`; it is forwarded to
+//! address and the client's protocol in `trellis-meta` (`dst`, `proto`); it is forwarded to
 //! the app in that protocol. A `CONNECT` stream carries TCP (and upgrades) to an app port.
 //! Only the local app's declared ports are reachable: the proxy is not an open relay. Every
 //! request and connection that reaches the app passes the authorization policies first
@@ -25,7 +25,7 @@ use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::h2_client::RecvBody;
-use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
+use crate::headers::{self, TRELLIS_META};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::mtls::MeshTls;
 use crate::observe::{ConnAddrs, PeerConn, RequestObserver, TcpObserver};
@@ -315,17 +315,14 @@ impl Inbound {
             addrs,
         );
         obs.set_peer(peer);
-        if let Some((workload, namespace)) =
-            req.headers().get(TRELLIS_PEER).and_then(|v| peer.source(v))
-        {
-            obs.set_source(workload, namespace);
-        }
-        if let Some(service) = req
-            .headers()
-            .get(TRELLIS_SERVICE)
-            .and_then(|v| peer.service(v))
-        {
-            obs.set_service(service);
+        let meta = req.headers().get(TRELLIS_META).map(|v| peer.meta(v));
+        if let Some(meta) = &meta {
+            if let Some((workload, namespace)) = &meta.peer {
+                obs.set_source(workload.clone(), namespace.clone());
+            }
+            if let Some(service) = &meta.service {
+                obs.set_service(service.clone());
+            }
         }
 
         if req.method() == Method::CONNECT {
@@ -334,14 +331,11 @@ impl Inbound {
         }
 
         // Where the caller's proxy says this request is for, and in which protocol.
-        let target = match app_target(req.headers().get(TRELLIS_DST), peer, &snapshot) {
+        let target = match app_target(meta.as_ref().and_then(|m| m.dst), peer, &snapshot) {
             Ok(target) => target,
             Err(error) => return obs.fail(&error, Version::HTTP_2),
         };
-        let client_http1 = req
-            .headers()
-            .get(TRELLIS_PROTO)
-            .is_some_and(|v| v == "http1");
+        let client_http1 = meta.is_some_and(|m| m.http1);
         if client_http1 {
             obs.set_client_http1();
         }
@@ -490,17 +484,14 @@ fn admit_captured(target: SocketAddr, snapshot: &Snapshot) -> Result<(), ProxyEr
     admit(target, &PeerConn::default(), snapshot)
 }
 
-/// The app address named by `trellis-dst`, if this peer may reach it.
+/// The app address `trellis-meta` names (`dst`), if this peer may reach it.
 fn app_target(
-    value: Option<&http::HeaderValue>,
+    dst: Option<SocketAddr>,
     peer: &PeerConn,
     snapshot: &Snapshot,
 ) -> Result<SocketAddr, ProxyError> {
-    let target: SocketAddr = value
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or(ProxyError::BadRequest {
-            reason: "mesh request without a valid trellis-dst",
-        })?;
+    let target = dst.ok_or(ProxyError::BadRequest {
+        reason: "mesh request without a valid trellis-meta dst",
+    })?;
     admit(target, peer, snapshot).map(|()| target)
 }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{self, Protocol, RequestLog, TcpLog};
 use crate::error::ProxyError;
+use crate::headers::Meta;
 use crate::metrics::{
     Metrics, Reporter, RequestLabels, RequestProtocol, ResponseFlags, SecurityPolicy, TcpLabels,
 };
@@ -61,13 +62,12 @@ pub(crate) struct PeerConn {
     labels: Arc<PeerLabels>,
 }
 
-/// One connection carries one peer workload (`trellis-peer`) and mostly the same service
-/// (`trellis-service`): the last of each, as the header said it and as labels. Lock-free: a
+/// One connection carries one peer workload and mostly the same few destinations: the last
+/// `trellis-meta` value, as the header said it and as read (labels, address). Lock-free: a
 /// load per request, a store when the value changes.
 #[derive(Debug, Default)]
 struct PeerLabels {
-    source: ArcSwapOption<(HeaderValue, Arc<str>, Arc<str>)>,
-    service: ArcSwapOption<(HeaderValue, Arc<str>)>,
+    meta: ArcSwapOption<(HeaderValue, Arc<Meta>)>,
 }
 
 impl PeerConn {
@@ -78,32 +78,19 @@ impl PeerConn {
         }
     }
 
-    /// The source workload and namespace a `trellis-peer` value names.
-    pub(crate) fn source(&self, value: &HeaderValue) -> Option<(Arc<str>, Arc<str>)> {
-        if let Some((last, workload, namespace)) = self.labels.source.load().as_deref() {
+    /// A `trellis-meta` value, read (the last one is kept, so a repeated value is not parsed
+    /// again).
+    pub(crate) fn meta(&self, value: &HeaderValue) -> Arc<Meta> {
+        if let Some((last, meta)) = self.labels.meta.load().as_deref() {
             if last == value {
-                return Some((workload.clone(), namespace.clone()));
+                return meta.clone();
             }
         }
-        let (workload, namespace) = crate::headers::parse_peer(value)?;
-        let (workload, namespace): (Arc<str>, Arc<str>) = (workload.into(), namespace.into());
-        let labels = (value.clone(), workload.clone(), namespace.clone());
-        self.labels.source.store(Some(Arc::new(labels)));
-        Some((workload, namespace))
-    }
-
-    /// The destination service a `trellis-service` value names.
-    pub(crate) fn service(&self, value: &HeaderValue) -> Option<Arc<str>> {
-        if let Some((last, service)) = self.labels.service.load().as_deref() {
-            if last == value {
-                return Some(service.clone());
-            }
-        }
-        let service: Arc<str> = value.to_str().ok()?.into();
+        let meta = Arc::new(crate::headers::parse_meta(value));
         self.labels
-            .service
-            .store(Some(Arc::new((value.clone(), service.clone()))));
-        Some(service)
+            .meta
+            .store(Some(Arc::new((value.clone(), meta.clone()))));
+        meta
     }
 }
 
@@ -683,20 +670,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connections_labels_are_made_once_per_change() {
+    fn a_connections_meta_is_read_once_per_change() {
         let peer = PeerConn::new(None);
-        let (w1, n1) = peer.source(&HeaderValue::from_static("web ns")).unwrap();
-        let (w2, _) = peer.source(&HeaderValue::from_static("web ns")).unwrap();
-        assert_eq!((&*w1, &*n1), ("web", "ns"));
-        assert!(Arc::ptr_eq(&w1, &w2), "the same value reuses its labels");
-        let (w3, n3) = peer.source(&HeaderValue::from_static("api other")).unwrap();
-        assert_eq!((&*w3, &*n3), ("api", "other"));
-        assert!(peer.source(&HeaderValue::from_static("no-space")).is_none());
+        let value = |text: &'static str| HeaderValue::from_static(text);
+        let first = peer.meta(&value(
+            "dst=10.0.0.1:80; proto=http1; peer=web ns; service=a.ns.svc",
+        ));
+        let again = peer.meta(&value(
+            "dst=10.0.0.1:80; proto=http1; peer=web ns; service=a.ns.svc",
+        ));
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same value is not parsed again"
+        );
+        assert_eq!(first.dst, Some("10.0.0.1:80".parse().unwrap()));
+        assert!(first.http1);
+        let (workload, namespace) = first.peer.clone().unwrap();
+        assert_eq!((&*workload, &*namespace), ("web", "ns"));
+        assert_eq!(first.service.as_deref(), Some("a.ns.svc"));
 
-        let s1 = peer.service(&HeaderValue::from_static("a.ns.svc")).unwrap();
-        let s2 = peer.service(&HeaderValue::from_static("a.ns.svc")).unwrap();
-        assert!(Arc::ptr_eq(&s1, &s2));
-        let s3 = peer.service(&HeaderValue::from_static("b.ns.svc")).unwrap();
-        assert_eq!(&*s3, "b.ns.svc");
+        let other = peer.meta(&value("peer=api other; service=b.ns.svc"));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.dst, None, "a tunnel's meta names no address");
+        assert!(!other.http1);
+        assert_eq!(other.service.as_deref(), Some("b.ns.svc"));
     }
 }

@@ -26,7 +26,7 @@ use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::{Upstreams, absolute};
 use crate::h2_client::RecvBody;
-use crate::headers::{self, TRELLIS_DST, TRELLIS_PEER, TRELLIS_PROTO, TRELLIS_SERVICE};
+use crate::headers::{self, TRELLIS_META};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::observe::{ConnAddrs, RequestObserver, authority_of};
 use crate::orig_dst::original_dst;
@@ -86,8 +86,9 @@ struct Upstream {
     identity: Option<Arc<SpiffeId>>,
     /// Its index in the destination's endpoints (`None` outside the mesh's services).
     index: Option<usize>,
-    /// `target` as a `trellis-dst` value, made once per config (`None` outside the services).
-    dst_header: Option<HeaderValue>,
+    /// Its `trellis-meta` values (HTTP/1.1 client, HTTP/2 client), made once per config
+    /// (`None` outside the services).
+    meta: Option<[HeaderValue; 2]>,
 }
 
 impl Outbound {
@@ -398,10 +399,10 @@ impl Outbound {
         }
         let (parts, body) = req.into_parts();
         let body = match rule.filter(|r| !r.mirrors.is_empty() && !upgrade) {
-            Some(rule) => obs.count_request(self.mirror(rule, &parts, body, &snapshot)),
+            Some(rule) => obs.count_request(self.mirror(rule, &parts, body)),
             None => obs.count_request(body),
         };
-        let mut req = Request::from_parts(parts, body);
+        let req = Request::from_parts(parts, body);
 
         // 6. Send it.
         let result = match downstream_upgrade {
@@ -416,21 +417,9 @@ impl Outbound {
             .await
             .map(|r| r.map(crate::retry::UpstreamBody::new)),
             None => {
-                if let Some(d) = &dest {
-                    req.headers_mut()
-                        .insert(TRELLIS_SERVICE, d.service_header.clone());
-                }
                 // Tries, as the destination's retry policy allows.
                 let (result, last) = self
-                    .send(
-                        req,
-                        ctx,
-                        dest.as_deref(),
-                        upstream,
-                        hash,
-                        &snapshot,
-                        timeouts,
-                    )
+                    .send(req, ctx, dest.as_deref(), upstream, hash, timeouts)
                     .await;
                 if let Some(d) = &dest {
                     self.set_destination(&mut obs, d, &last);
@@ -494,7 +483,7 @@ impl Outbound {
             h2: version == Version::HTTP_2,
             identity: None,
             index: None,
-            dst_header: None,
+            meta: None,
         })
     }
 
@@ -627,15 +616,14 @@ impl Outbound {
         snapshot: &Snapshot,
         t: Timeouts,
     ) -> Result<tunnel::Tunnel, ProxyError> {
-        let service = dest.map(|d| &d.service_header);
+        let meta = dest.map_or(&snapshot.node.tunnel_meta, |d| &d.tunnel_meta);
         tunnel::open(
             &self.upstreams,
             upstream.target,
             upstream.mesh,
             upstream.identity.as_deref(),
             t.connect,
-            &snapshot.node.peer_header,
-            service,
+            meta,
         )
         .await
     }
@@ -651,7 +639,7 @@ impl Upstream {
             h2: matches!(dest.protocol, Declared::Http2 | Declared::Grpc),
             identity: ep.identity.clone(),
             index: Some(i),
-            dst_header: Some(ep.dst_header.clone()),
+            meta: Some(ep.meta.clone()),
         }
     }
 }
@@ -663,7 +651,6 @@ async fn forward(
     mut req: Request<Body>,
     version: Version,
     upstream: &Upstream,
-    peer_header: &HeaderValue,
     t: Timeouts,
 ) -> Result<Response<RecvBody>, ProxyError> {
     let authority = authority_of(&req).ok_or(ProxyError::NoAuthority)?;
@@ -676,19 +663,18 @@ async fn forward(
         Some(peer) => {
             // Across the mesh: one HTTP/2 stream; the far side restores the client's protocol.
             *req.uri_mut() = absolute(authority, path)?;
-            let h = req.headers_mut();
-            let dst = (upstream.dst_header.clone())
-                .unwrap_or_else(|| headers::addr_value(upstream.target));
-            h.insert(TRELLIS_DST, dst);
-            h.insert(
-                TRELLIS_PROTO,
-                HeaderValue::from_static(if version == Version::HTTP_2 {
-                    "h2"
-                } else {
-                    "http1"
-                }),
-            );
-            h.insert(TRELLIS_PEER, peer_header.clone());
+            let http1 = version != Version::HTTP_2;
+            let meta = match &upstream.meta {
+                Some([for_http1, for_h2]) => (if http1 { for_http1 } else { for_h2 }).clone(),
+                // Every mesh endpoint has its values; this only keeps the request well-formed.
+                None => headers::meta_value(
+                    Some(upstream.target),
+                    Some(http1),
+                    ("unknown", "unknown"),
+                    None,
+                ),
+            };
+            req.headers_mut().insert(TRELLIS_META, meta);
             upstreams
                 .send_h2(
                     peer,

@@ -16,6 +16,7 @@ use trellis_model::{
 };
 
 use crate::balance::{Balancer, Ejector, EndpointStats, Outcome, Pick, hash_bytes};
+use crate::headers::meta_value;
 use crate::limit::Limiter;
 use crate::retry::{Budget, RetryPolicy};
 use crate::route::{RouteError, RouteTable};
@@ -64,8 +65,8 @@ pub(crate) struct Snapshot {
 pub(crate) struct NodeInfo {
     pub(crate) workload: Arc<str>,
     pub(crate) namespace: Arc<str>,
-    /// This proxy's `trellis-peer` header value.
-    pub(crate) peer_header: HeaderValue,
+    /// `trellis-meta` for a tunnel to an address outside the services (names this proxy only).
+    pub(crate) tunnel_meta: HeaderValue,
     /// This proxy's SPIFFE ID as a metrics label (`unknown` without an identity).
     pub(crate) principal: Arc<str>,
 }
@@ -87,8 +88,8 @@ pub(crate) struct Frontend {
 pub(crate) struct Destination {
     /// `name.namespace.svc.cluster.local`, the `destination_service` label.
     pub(crate) fqdn: Arc<str>,
-    /// `fqdn` as a `trellis-service` header value.
-    pub(crate) service_header: HeaderValue,
+    /// `trellis-meta` for a tunnel to one of its endpoints (this proxy, the service).
+    pub(crate) tunnel_meta: HeaderValue,
     pub(crate) protocol: Protocol,
     pub(crate) endpoints: Vec<EndpointInfo>,
     pub(crate) timeouts: Timeouts,
@@ -106,8 +107,9 @@ pub(crate) struct Destination {
 pub(crate) struct EndpointInfo {
     /// Where the endpoint's app listens for this port.
     pub(crate) target: SocketAddr,
-    /// `target` as a `trellis-dst` header value.
-    pub(crate) dst_header: http::HeaderValue,
+    /// `trellis-meta` for a request to it across the mesh (`target`, this proxy, the service),
+    /// from an HTTP/1.1 client and from an HTTP/2 one; made once per config.
+    pub(crate) meta: [HeaderValue; 2],
     /// The endpoint's proxy (mesh transport); `None` for endpoints outside the mesh.
     pub(crate) mesh: Option<SocketAddr>,
     pub(crate) workload: Arc<str>,
@@ -154,6 +156,8 @@ impl Snapshot {
         // Every service port with its endpoints first: routes send requests to them.
         let mut destinations: HashMap<(&str, &str, u16), Arc<Destination>> = HashMap::new();
         let now = Instant::now();
+        // This proxy, as `trellis-meta` names it to peers.
+        let me = (config.workload(), config.node.namespace.as_str());
         for svc in &config.services {
             let fqdn: Arc<str> = format!("{}.{}.svc.cluster.local", svc.name, svc.namespace).into();
             let timeouts = svc.timeouts.unwrap_or(config.timeouts);
@@ -185,7 +189,9 @@ impl Snapshot {
                     .iter()
                     .map(|ep| EndpointInfo {
                         target: ep.target(port),
-                        dst_header: crate::headers::addr_value(ep.target(port)),
+                        meta: [true, false].map(|http1| {
+                            meta_value(Some(ep.target(port)), Some(http1), me, Some(&fqdn))
+                        }),
                         mesh: ep.mesh,
                         workload: ep.workload.as_deref().unwrap_or("unknown").into(),
                         namespace: ep.namespace.as_deref().unwrap_or(&svc.namespace).into(),
@@ -222,8 +228,7 @@ impl Snapshot {
                 });
                 let dest = Arc::new(Destination {
                     fqdn: fqdn.clone(),
-                    service_header: HeaderValue::from_str(&fqdn)
-                        .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+                    tunnel_meta: meta_value(None, None, me, Some(&fqdn)),
                     protocol: port.protocol,
                     balancer: Balancer::new(lb.kind, &addrs),
                     hash_on: lb.hash_on.clone(),
@@ -295,7 +300,7 @@ impl Snapshot {
             node: NodeInfo {
                 workload: config.workload().into(),
                 namespace: config.node.namespace.as_str().into(),
-                peer_header: crate::headers::peer_value(config.workload(), &config.node.namespace),
+                tunnel_meta: meta_value(None, None, me, None),
                 principal: config
                     .identity
                     .as_ref()

@@ -18,7 +18,7 @@ use trellis_identity::SpiffeId;
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::h2_client::H2Io;
-use crate::headers::{TRELLIS_PEER, TRELLIS_SERVICE};
+use crate::headers::TRELLIS_META;
 
 /// A stream to a destination.
 #[derive(Debug)]
@@ -30,15 +30,15 @@ pub(crate) enum Tunnel {
 }
 
 /// Open a stream to `target`: through the proxy at `mesh` when the destination is in the mesh,
-/// directly otherwise. `peer` names the calling workload for the far side's telemetry.
+/// directly otherwise. `meta` (`trellis-meta`) names the calling workload and the service for
+/// the far side's telemetry.
 pub(crate) async fn open(
     upstreams: &Upstreams,
     target: SocketAddr,
     mesh: Option<SocketAddr>,
     identity: Option<&SpiffeId>,
     connect_timeout: Duration,
-    peer: &http::HeaderValue,
-    service: Option<&http::HeaderValue>,
+    meta: &http::HeaderValue,
 ) -> Result<Tunnel, ProxyError> {
     let Some(proxy) = mesh else {
         return Ok(Tunnel::Tcp(
@@ -58,10 +58,7 @@ pub(crate) async fn open(
     let mut req = Request::new(());
     *req.method_mut() = Method::CONNECT;
     *req.uri_mut() = uri;
-    req.headers_mut().insert(TRELLIS_PEER, peer.clone());
-    if let Some(service) = service {
-        req.headers_mut().insert(TRELLIS_SERVICE, service.clone());
-    }
+    req.headers_mut().insert(TRELLIS_META, meta.clone());
     let open = async {
         let ready = upstreams
             .h2

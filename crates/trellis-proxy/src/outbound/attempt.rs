@@ -20,7 +20,7 @@ use crate::h2_client::RecvBody;
 use crate::pool::{Body, empty};
 use crate::retry::peek::{PEEK_WAIT, peek};
 use crate::retry::{Replay, UpstreamBody};
-use crate::state::{Destination, Snapshot};
+use crate::state::Destination;
 
 impl Outbound {
     /// Send `req` to `first` and, as the destination's retry policy allows, to other endpoints;
@@ -33,18 +33,16 @@ impl Outbound {
         dest: Option<&Destination>,
         first: Upstream,
         hash: Option<u64>,
-        snapshot: &Snapshot,
         t: Timeouts,
     ) -> (Result<Response<UpstreamBody>, ProxyError>, Upstream) {
-        let peer = &snapshot.node.peer_header;
         let Some(dest) = dest else {
-            let result = forward(&self.upstreams, req, ctx.version, &first, peer, t).await;
+            let result = forward(&self.upstreams, req, ctx.version, &first, t).await;
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
         let retries = dest.retries.as_ref().filter(|(p, _)| p.attempts > 0);
         let Some((policy, budget)) = retries else {
             let this_try = Try::start(dest, &first);
-            let result = forward(&self.upstreams, req, ctx.version, &first, peer, t).await;
+            let result = forward(&self.upstreams, req, ctx.version, &first, t).await;
             this_try.finish(&result);
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
@@ -72,7 +70,7 @@ impl Outbound {
             let body = replay.as_ref().map_or_else(empty, Replay::body);
             let req = Request::from_parts(clone_parts(&parts), body);
             let this_try = Try::start(dest, &upstream);
-            let result = forward(&self.upstreams, req, ctx.version, &upstream, peer, try_t).await;
+            let result = forward(&self.upstreams, req, ctx.version, &upstream, try_t).await;
             this_try.finish(&result);
             tried.extend(upstream.index);
 

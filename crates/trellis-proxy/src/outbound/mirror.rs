@@ -33,13 +33,12 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Outbound, Upstream, attempt::clone_parts, forward};
-use crate::headers::TRELLIS_SERVICE;
 use crate::metrics::MirrorResult;
 use crate::observe::authority_of;
 use crate::pool::{Body, BoxError};
 use crate::retry::replay::MAX_REPLAY;
 use crate::route::Rule;
-use crate::state::{Destination, Snapshot};
+use crate::state::Destination;
 
 /// The most copies a proxy has out at once.
 pub(crate) const MAX_IN_FLIGHT: usize = 128;
@@ -71,13 +70,7 @@ struct Replayed {
 impl Outbound {
     /// Send copies of the request (`parts`, `body`) to the rule's mirrors that draw it; the
     /// body to forward in its place.
-    pub(super) fn mirror<B>(
-        &self,
-        rule: &Rule<Arc<Destination>>,
-        parts: &Parts,
-        body: B,
-        snapshot: &Arc<Snapshot>,
-    ) -> Body
+    pub(super) fn mirror<B>(&self, rule: &Rule<Arc<Destination>>, parts: &Parts, body: B) -> Body
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -107,7 +100,6 @@ impl Outbound {
                 outbound: self,
                 dest: dest.clone(),
                 head: shadow_head(parts),
-                snapshot: snapshot.clone(),
             };
             tokio::spawn(copy.send(rx, permit));
         }
@@ -129,7 +121,6 @@ struct Copy<'o> {
     outbound: &'o Outbound,
     dest: Arc<Destination>,
     head: Parts,
-    snapshot: Arc<Snapshot>,
 }
 
 impl Copy<'_> {
@@ -141,7 +132,7 @@ impl Copy<'_> {
     ) -> impl Future<Output = ()> + Send + 'static {
         let upstreams = self.outbound.upstreams.clone();
         let metrics = self.outbound.metrics.clone();
-        let (dest, mut head, snapshot) = (self.dest, self.head, self.snapshot);
+        let (dest, head) = (self.dest, self.head);
         async move {
             let _permit = permit;
             let Ok(kept) = body.await else {
@@ -154,17 +145,14 @@ impl Copy<'_> {
                 return;
             };
             let upstream = Upstream::endpoint(&dest, i);
-            head.headers
-                .insert(TRELLIS_SERVICE, dest.service_header.clone());
             let version = head.version;
             let body = crate::pool::boxed(Replayed {
                 chunks: kept.chunks.into_iter(),
                 trailers: kept.trailers,
             });
             let t = dest.timeouts;
-            let peer = &snapshot.node.peer_header;
             let req = Request::from_parts(head, body);
-            let answer = forward(&upstreams, req, version, &upstream, peer, t).await;
+            let answer = forward(&upstreams, req, version, &upstream, t).await;
             match answer {
                 Ok(resp) => {
                     tracing::debug!(dst.service = %dest.fqdn, status = %resp.status(), "mirrored");

@@ -63,7 +63,7 @@ impl Outbound {
             h2: false,
             identity,
             index: None,
-            dst_header: None,
+            meta: None,
         };
         match self
             .open_tunnel(&upstream, dest.map(|d| &**d), snapshot, t)
