@@ -3,7 +3,7 @@
 //! hyper's HTTP/2 client puts a channel, two one-shot channels and a spawned task between a
 //! request and its stream (`SendWhen`, which waits for the response headers and hands them
 //! back), strips connection headers the proxy has already stripped, and moves each request
-//! through several kilobyte-sized futures: about 6,000 instructions of proxy A's 68,000 per
+//! through several kilobyte-sized futures: about 6,500 instructions of proxy A's 68,600 per
 //! request (callgrind, `bench/instructions`). Here the request's own task opens the stream and
 //! waits for the response headers itself; the connection's task only drives the connection.
 //!
@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::pool::{Body, BoxError};
+use crate::serve::MAX_HEADER_BYTES;
 
 /// A live HTTP/2 connection: cheap to clone, one per peer in the pool.
 #[derive(Debug, Clone)]
@@ -43,9 +44,6 @@ pub(crate) struct H2Conn {
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest response header list accepted (hyper's default for its client).
-const MAX_HEADER_LIST: u32 = 16 * 1024;
-
 /// Start HTTP/2 (prior knowledge) on `io` and spawn the task that drives the connection.
 /// Large windows so one stream can fill a fast link; server push off.
 pub(crate) async fn handshake<T>(io: T, addr: SocketAddr) -> Result<H2Conn, h2::Error>
@@ -57,7 +55,8 @@ where
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(64 * 1024)
         .max_send_buffer_size(1024 * 1024)
-        .max_header_list_size(MAX_HEADER_LIST)
+        // Responses may carry as much header as requests may (hyper's client took 16 KiB).
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
         // Until the peer's SETTINGS say how many streams it takes (hyper's default).
         .initial_max_send_streams(100)
         .max_local_error_reset_streams(Some(1024))

@@ -256,3 +256,28 @@ async fn a_peer_that_stops_answering_pings_is_given_up() {
     assert!(dead.is_closed(), "no pong within the timeout: closed");
     assert!(!alive.is_closed(), "pongs come: still open");
 }
+
+#[tokio::test]
+async fn a_response_header_block_as_large_as_a_request_may_send_is_accepted() {
+    // 40 KiB of response headers: over hyper's client default (16 KiB), under the 64 KiB the
+    // proxy accepts in requests.
+    let addr = serve(|_req: Request<Incoming>| async move {
+        let mut resp = Response::new(empty());
+        let big = HeaderValue::from_str(&"a".repeat(40 * 1024)).expect("value");
+        resp.headers_mut().insert("x-big", big);
+        resp
+    })
+    .await;
+    let conn = connect(addr).await;
+    let req = Request::get(format!("http://{addr}/"))
+        .body(empty())
+        .expect("request");
+    let resp = conn
+        .ready()
+        .await
+        .expect("ready")
+        .send(req)
+        .await
+        .expect("response");
+    assert_eq!(resp.headers()["x-big"].len(), 40 * 1024);
+}
