@@ -3,7 +3,8 @@ maximum load, log axis) and throughput with CPU per request. Needs matplotlib; w
 report says so and the run goes on."""
 from .report import MODES, QS, by_mode, ok
 
-COLORS = {"direct": "#7f7f7f", "trellis": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+COLORS = {"direct": "#7f7f7f", "trellis": "#1f77b4", "baseline": "#aec7e8", "nginx": "#2ca02c",
+          "haproxy": "#d62728"}
 SHORT = {"l7": "L7 HTTP/1.1", "l4": "L4 tcp", "h2": "HTTP/2"}
 
 

@@ -11,7 +11,7 @@ worker per proxy. A setup function returns a Target: where the client connects, 
 :authority it sends, and the proxies' pids (for CPU and RSS).
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .procs import SetupError
@@ -42,6 +42,8 @@ class Ctx:
     procs: object
     server_port: int = 0
     server_h2_port: int = 0
+    # `bench/run --baseline DIR`: another build's `trellis` (its `trellis-proxy` beside it).
+    baseline: Path = None
 
 
 def server(ctx):
@@ -203,4 +205,11 @@ def target(ctx, mode, a_port, pids):
     return Target("127.0.0.1", a_port, None, pids)
 
 
-CONTENDERS = {"direct": direct, "trellis": trellis, "nginx": nginx, "haproxy": haproxy}
+def baseline(ctx, mode):
+    """Trellis from another build (`bench/run --baseline DIR`), set up exactly as `trellis`: a
+    change measured against the code before it, in the same run, interleaved with it. On this
+    machine the same binary reads ±10 % from one hour to the next; within a run it does not."""
+    return trellis(replace(ctx, trellis=ctx.baseline), mode)
+
+
+CONTENDERS = {"direct": direct, "trellis": trellis, "baseline": baseline, "nginx": nginx, "haproxy": haproxy}

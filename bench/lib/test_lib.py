@@ -86,6 +86,14 @@ class Report(unittest.TestCase):
                        "indicative only"):
             self.assertIn(needle, md)
 
+    def test_a_baseline_is_one_more_contender_and_not_the_target(self):
+        rs = self.results() + [result("baseline", "l7", 20000, 1.1, 36.0)]
+        md = report.markdown(rs, {"stamp": "T", "topology": "loopback", "seconds": 10, "fixed_seconds": 5,
+                                  "facts": {"machine": "m"}}, "T.png")
+        self.assertIn("| baseline | 20000 |", md)
+        # The targets are trellis's, whatever else ran.
+        self.assertIn("| L7 throughput ≥ 0.38× direct | 0.40× (40.0 %) | ✓ |", report.targets(rs, "netns"))
+
 
 class Trials(unittest.TestCase):
     def test_medians_spread_and_failures(self):
