@@ -276,12 +276,6 @@ pub(crate) enum RecvBody {
     H2(H2Body),
 }
 
-impl From<hyper::body::Incoming> for RecvBody {
-    fn from(body: hyper::body::Incoming) -> Self {
-        Self::H1(body)
-    }
-}
-
 impl http_body::Body for RecvBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -62,13 +62,17 @@ pub(crate) struct PeerConn {
     labels: Arc<PeerLabels>,
 }
 
-/// One connection carries one peer workload and mostly the same few destinations: the last
-/// `trellis-meta` value, as the header said it and as read (labels, address). Lock-free: a
-/// load per request, a store when the value changes.
+/// One connection carries one peer workload calling a few app ports and services, from HTTP/1.1
+/// or HTTP/2 clients: the last few `trellis-meta` values, as the header said them and as read
+/// (labels, address), so that requests alternating between them are not parsed again.
+/// Lock-free: a load per request, a store when a new value comes.
 #[derive(Debug, Default)]
 struct PeerLabels {
-    meta: ArcSwapOption<(HeaderValue, Arc<Meta>)>,
+    metas: ArcSwapOption<Vec<(HeaderValue, Arc<Meta>)>>,
 }
+
+/// How many `trellis-meta` values a connection keeps read.
+const METAS_KEPT: usize = 8;
 
 impl PeerConn {
     pub(crate) fn new(principal: Option<Arc<str>>) -> Self {
@@ -78,18 +82,20 @@ impl PeerConn {
         }
     }
 
-    /// A `trellis-meta` value, read (the last one is kept, so a repeated value is not parsed
+    /// A `trellis-meta` value, read (the last few are kept, so a repeated value is not parsed
     /// again).
     pub(crate) fn meta(&self, value: &HeaderValue) -> Arc<Meta> {
-        if let Some((last, meta)) = self.labels.meta.load().as_deref() {
-            if last == value {
-                return meta.clone();
-            }
+        let guard = self.labels.metas.load();
+        let kept = guard.as_deref().map_or(&[][..], Vec::as_slice);
+        if let Some((_, meta)) = kept.iter().find(|(v, _)| v == value) {
+            return meta.clone();
         }
         let meta = Arc::new(crate::headers::parse_meta(value));
-        self.labels
-            .meta
-            .store(Some(Arc::new((value.clone(), meta.clone()))));
+        // The newest first; the oldest goes when the list is full.
+        let mut metas = Vec::with_capacity(METAS_KEPT);
+        metas.push((value.clone(), meta.clone()));
+        metas.extend(kept.iter().take(METAS_KEPT - 1).cloned());
+        self.labels.metas.store(Some(Arc::new(metas)));
         meta
     }
 }
@@ -691,6 +697,13 @@ mod tests {
 
         let other = peer.meta(&value("peer=api other; service=b.ns.svc"));
         assert!(!Arc::ptr_eq(&first, &other));
+        let first_again = peer.meta(&value(
+            "dst=10.0.0.1:80; proto=http1; peer=web ns; service=a.ns.svc",
+        ));
+        assert!(
+            Arc::ptr_eq(&first, &first_again),
+            "values alternating on one connection are each read once"
+        );
         assert_eq!(other.dst, None, "a tunnel's meta names no address");
         assert!(!other.http1);
         assert_eq!(other.service.as_deref(), Some("b.ns.svc"));

@@ -48,6 +48,12 @@ async fn connect(addr: SocketAddr) -> H2Conn {
     handshake(tcp, addr).await.expect("handshake")
 }
 
+/// Send `req` on `conn` and wait for the response headers.
+async fn send(conn: &H2Conn, req: Request<Body>) -> Response<RecvBody> {
+    let ready = conn.ready().await.expect("ready");
+    ready.send(req).await.expect("response")
+}
+
 /// A body fed frame by frame through the returned sender; it ends when the sender is dropped.
 fn channel_body() -> (mpsc::Sender<Frame<Bytes>>, Body) {
     let (tx, rx) = mpsc::channel::<Frame<Bytes>>(4);
@@ -86,13 +92,7 @@ async fn a_streamed_body_and_its_trailers_reach_the_server() {
     let req = Request::post(format!("http://{addr}/upload"))
         .body(body)
         .expect("request");
-    let resp = conn
-        .ready()
-        .await
-        .expect("ready")
-        .send(req)
-        .await
-        .expect("response");
+    let resp = send(&conn, req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text, "hello world|2");
@@ -163,7 +163,7 @@ async fn a_connection_that_sent_goaway_is_replaced() {
         }
     });
     let pool = H2Pool::new(Connector::default());
-    let send = |path: &'static str| {
+    let via_pool = |path: &'static str| {
         let pool = &pool;
         async move {
             let conn = pool
@@ -180,10 +180,10 @@ async fn a_connection_that_sent_goaway_is_replaced() {
             ready.send(req).await.expect("response")
         }
     };
-    let held = send("/hold").await;
+    let held = via_pool("/hold").await;
     // Time for the GOAWAY to arrive; the held stream keeps the connection open.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = send("/").await;
+    let resp = via_pool("/").await;
     let text = resp.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text, "conn 2", "sent on a new connection, not refused");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -272,12 +272,6 @@ async fn a_response_header_block_as_large_as_a_request_may_send_is_accepted() {
     let req = Request::get(format!("http://{addr}/"))
         .body(empty())
         .expect("request");
-    let resp = conn
-        .ready()
-        .await
-        .expect("ready")
-        .send(req)
-        .await
-        .expect("response");
+    let resp = send(&conn, req).await;
     assert_eq!(resp.headers()["x-big"].len(), 40 * 1024);
 }
