@@ -16,6 +16,7 @@ mod error;
 mod fault;
 mod forward;
 mod grpc;
+mod h1_server;
 mod h2_client;
 mod headers;
 mod identity;

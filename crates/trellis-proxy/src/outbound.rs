@@ -30,7 +30,7 @@ use crate::headers::{self, TRELLIS_META};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::observe::{ConnAddrs, RequestObserver, authority_of};
 use crate::orig_dst::original_dst;
-use crate::pool::{Body, empty};
+use crate::pool::{Body, boxed, empty};
 use crate::state::{Destination, Snapshot, State};
 use crate::tunnel::{self, relay};
 use routing::Decision;
@@ -171,20 +171,24 @@ impl Outbound {
         match protocol {
             Protocol::Http1 => {
                 let (prefix, inner) = io.into_parts();
-                if crate::serve::ambiguous_framing(&prefix) {
-                    tracing::warn!(
-                        "request with both Content-Length and Transfer-Encoding refused (request smuggling)"
-                    );
-                    let reason = "request has both Content-Length and Transfer-Encoding";
-                    return crate::serve::bad_request(inner, reason).await;
-                }
-                let io = crate::prefixed::Prefixed::new(prefix, inner);
                 let ctx = ConnCtx {
                     addrs,
                     orig_dst,
                     version: Version::HTTP_11,
                 };
-                crate::serve::http1(io, timeouts.header, &drain, self.service(ctx, ingress)).await;
+                // Ordinary requests are served here; the first one that is not (an upgrade, a
+                // chunked body, ...) hands the rest of the connection to hyper.
+                let handle = |req| {
+                    let this = self.clone();
+                    let ingress = ingress.clone();
+                    async move { this.handle(ctx, ingress.as_deref(), req).await }
+                };
+                let rest = crate::h1_server::serve(inner, prefix, timeouts.header, &drain, handle);
+                if let Some((read, inner)) = rest.await {
+                    let io = crate::prefixed::Prefixed::new(read, inner);
+                    let service = self.service(ctx, ingress);
+                    crate::serve::http1(io, timeouts.header, &drain, service).await;
+                }
             }
             Protocol::Http2 => {
                 let ctx = ConnCtx {
@@ -229,9 +233,16 @@ impl Outbound {
     > + Send
     + 'static {
         let this = self.clone();
-        service_fn(move |req| {
+        service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let ingress = ingress.clone();
+            let req = req.map(|body| {
+                if http_body::Body::is_end_stream(&body) {
+                    empty()
+                } else {
+                    boxed(body)
+                }
+            });
             // Not boxed: hyper's HTTP/1.1 dispatcher keeps the future in one box per connection
             // (HTTP/2 boxes it in `serve`: hyper's HTTP/2 server moves it into a task).
             async move { Ok::<_, Infallible>(this.handle(ctx, ingress.as_deref(), req).await) }
@@ -243,7 +254,7 @@ impl Outbound {
         &self,
         ctx: ConnCtx,
         ingress: Option<&str>,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
     ) -> Response<Body> {
         let snapshot = self.state.load();
         let mut obs = RequestObserver::start(
@@ -556,7 +567,7 @@ impl Outbound {
     #[allow(clippy::too_many_arguments)]
     async fn connect(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         obs: RequestObserver,
         dest: Option<&Destination>,
         upstream: &Upstream,

@@ -123,29 +123,6 @@ where
     }
 }
 
-/// Does this request head carry both `Content-Length` and `Transfer-Encoding`? Such a request
-/// is framed ambiguously (the classic request-smuggling shape) and is refused outright.
-///
-/// hyper itself would frame it by `Transfer-Encoding` and close the connection afterwards,
-/// which is safe for us but may not be for the next hop, so we answer 400 instead. This check
-/// sees the first request of a connection (the bytes read by protocol detection); later
-/// requests on the same connection fall back to hyper's behaviour.
-pub(crate) fn ambiguous_framing(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
-        Ok(_) => {}
-        // Too many headers for this quick look, or not parseable: hyper will judge it.
-        Err(_) => return false,
-    }
-    let has = |name: &str| {
-        req.headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(name))
-    };
-    has("content-length") && has("transfer-encoding")
-}
-
 /// Answer a client that broke HTTP/1 framing with `400 Bad Request` and `reason`, then close.
 pub(crate) async fn bad_request<I: AsyncWrite + Unpin>(mut io: I, reason: &str) {
     use tokio::io::AsyncWriteExt;
