@@ -23,15 +23,14 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use trellis_runtime::DrainWatcher;
 
+use crate::h1::{self, Span};
 use crate::pool::{Body, boxed, empty};
 use crate::serve::MAX_HEADER_BYTES;
 
@@ -174,13 +173,6 @@ enum Take {
     Invalid(&'static str),
 }
 
-/// Where one header's name and value lie in the request head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
 /// Take the request at the front of `buf`, if it is whole and of the ordinary shape; its
 /// headers go into `spare` if there is one.
 fn take_request(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Take {
@@ -199,10 +191,7 @@ fn take_request(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Take {
         Some(Ok(m)) if m != Method::CONNECT => m,
         _ => return Take::Hyper,
     };
-    let base = buf.as_ptr() as usize;
-    // Offsets fit in u32: a head is at most MAX_HEADER_BYTES.
-    let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
-    let Some(path) = parsed.path.map(|p| at(p.as_bytes())) else {
+    let Some(path) = parsed.path.map(|p| h1::at(buf, p.as_bytes())) else {
         return Take::Hyper;
     };
     let mut spans = [Span::default(); MAX_HEADERS];
@@ -211,13 +200,10 @@ fn take_request(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Take {
     let mut close = false;
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = h.name.as_bytes();
-        *span = Span {
-            name: at(name),
-            value: at(h.value),
-        };
+        *span = Span::of(buf, h);
         if name.eq_ignore_ascii_case(b"content-length") {
             // A second one, even equal, is hyper's to judge (it refuses unequal values).
-            match (body_len, content_length(h.value)) {
+            match (body_len, h1::content_length(h.value)) {
                 (None, Some(len)) => body_len = Some(len),
                 _ => return Take::Hyper,
             }
@@ -260,22 +246,14 @@ fn take_request(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Take {
 
     let head = buf.split_to(head_len).freeze();
     let body = buf.split_to(body_len).freeze();
-    let slice = |(start, len): (u32, u32)| head.slice(start as usize..(start + len) as usize);
-    let Ok(uri) = Uri::from_maybe_shared(slice(path)) else {
+    let Ok(uri) = Uri::from_maybe_shared(h1::slice(&head, path)) else {
         return Take::Invalid("invalid request target");
     };
     let mut map = spare
         .take()
         .unwrap_or_else(|| HeaderMap::with_capacity(count + ADDED_HEADERS));
-    for span in &spans[..count] {
-        let (start, len) = (span.name.0 as usize, span.name.1 as usize);
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[start..start + len]),
-            HeaderValue::from_maybe_shared(slice(span.value)),
-        ) else {
-            return Take::Invalid("invalid header");
-        };
-        map.append(name, value);
+    if h1::append_headers(&mut map, &head, &spans[..count]).is_err() {
+        return Take::Invalid("invalid header");
     }
     let head_only = method == Method::HEAD;
     let mut req = Request::new(if body.is_empty() {
@@ -292,19 +270,6 @@ fn take_request(buf: &mut BytesMut, spare: &mut Option<HeaderMap>) -> Take {
         head_only,
         close,
     })
-}
-
-/// A `Content-Length` value: digits only (RFC 9110 §8.6), with optional surrounding blanks.
-fn content_length(value: &[u8]) -> Option<usize> {
-    let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')),
-    )
 }
 
 /// Read until `buf` holds `total` bytes; false if the client went away first.
@@ -438,21 +403,18 @@ fn encode_head(
     // One Content-Length value (repeats of it allowed); anything else is ignored and the
     // body's own size frames it.
     let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    let declared = lengths.next().and_then(|v| content_length(v.as_bytes()));
-    let declared = declared.filter(|&n| lengths.all(|v| content_length(v.as_bytes()) == Some(n)));
+    let declared = lengths
+        .next()
+        .and_then(|v| h1::content_length(v.as_bytes()));
+    let declared =
+        declared.filter(|&n| lengths.all(|v| h1::content_length(v.as_bytes()) == Some(n)));
     let mut has_date = false;
     for (name, value) in headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
         if name == CONNECTION {
-            if value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
-                *close = true;
-            }
+            *close |= h1::has_token(value.as_bytes(), b"close");
             continue;
         }
         has_date |= name == DATE;

@@ -269,10 +269,12 @@ impl Future for Pipe {
     }
 }
 
-/// The body of a response from an upstream: HTTP/1.1 (hyper's client) or HTTP/2 (ours).
+/// The body of a response from an upstream: HTTP/1.1 (hyper's client, or read directly by
+/// `h1_client`) or HTTP/2 (ours).
 #[derive(Debug)]
 pub(crate) enum RecvBody {
     H1(hyper::body::Incoming),
+    Direct(crate::h1_client::RecvH1),
     H2(H2Body),
 }
 
@@ -288,6 +290,7 @@ impl http_body::Body for RecvBody {
             Self::H1(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(Into::into))),
+            Self::Direct(body) => Pin::new(body).poll_frame(cx),
             Self::H2(body) => body.poll_frame(cx),
         }
     }
@@ -295,6 +298,7 @@ impl http_body::Body for RecvBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::H1(body) => body.is_end_stream(),
+            Self::Direct(body) => body.is_end_stream(),
             Self::H2(body) => body.recv.is_end_stream(),
         }
     }
@@ -302,6 +306,7 @@ impl http_body::Body for RecvBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::H1(body) => body.size_hint(),
+            Self::Direct(body) => body.size_hint(),
             Self::H2(body) => body
                 .content_length
                 .map_or_else(SizeHint::default, SizeHint::with_exact),

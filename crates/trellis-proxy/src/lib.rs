@@ -16,6 +16,8 @@ mod error;
 mod fault;
 mod forward;
 mod grpc;
+mod h1;
+mod h1_client;
 mod h1_server;
 mod h2_client;
 mod headers;

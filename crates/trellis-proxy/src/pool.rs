@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
+use crate::h1_client::{self, SendError};
 use crate::h2_client::{self, H2Conn, Ready, RecvBody};
 use crate::mtls::{MeshStream, MeshTls};
 
@@ -221,6 +222,8 @@ pub(crate) struct H1Pool {
     connector: Connector,
     connect_timeout: Duration,
     conns: Mutex<HashMap<SocketAddr, Vec<H1Conn>>>,
+    /// Idle connections of requests without a body, which `h1_client` sends itself.
+    idle: Arc<h1_client::Idle>,
 }
 
 #[derive(Debug)]
@@ -243,6 +246,7 @@ impl H1Pool {
             connector,
             connect_timeout,
             conns: Mutex::default(),
+            idle: Arc::default(),
         }
     }
 
@@ -254,6 +258,9 @@ impl H1Pool {
         addr: SocketAddr,
         req: Request<Body>,
     ) -> Result<Response<RecvBody>, ProxyError> {
+        if h1_client::handles(&req) {
+            return self.send_direct(addr, req).await;
+        }
         let upstream = |source: hyper::Error| ProxyError::Upstream {
             addr,
             source: source.into(),
@@ -301,6 +308,33 @@ impl H1Pool {
             }
         }
         Err(req)
+    }
+
+    /// A request without a body, written and answered by `h1_client` on this task.
+    async fn send_direct(
+        &self,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> Result<Response<RecvBody>, ProxyError> {
+        // Connecting is boxed: rare once connections are pooled, and its state is large.
+        let (conn, reused) = match self.idle.take(addr) {
+            Some(conn) => (conn, true),
+            None => (Box::pin(self.open_direct(addr)).await?, false),
+        };
+        let reconnect = || Box::pin(self.open_direct(addr));
+        match h1_client::send(&self.idle, addr, req, conn, reused, reconnect).await {
+            Ok(resp) => Ok(resp.map(RecvBody::Direct)),
+            Err(SendError::Connect(error)) => Err(error),
+            Err(SendError::Exchange(error)) => Err(ProxyError::Upstream {
+                addr,
+                source: error.into(),
+            }),
+        }
+    }
+
+    async fn open_direct(&self, addr: SocketAddr) -> Result<h1_client::Conn, ProxyError> {
+        let tcp = self.connector.connect(addr, self.connect_timeout).await?;
+        Ok(h1_client::Conn::new(tcp))
     }
 
     async fn open(&self, addr: SocketAddr) -> Result<http1::SendRequest<Body>, ProxyError> {

@@ -1,0 +1,81 @@
+//! What the HTTP/1.1 server ([`crate::h1_server`]) and client ([`crate::h1_client`]) share:
+//! turning a head parsed by `httparse` into `http` types without copying its bytes, and reading
+//! the framing headers.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Where one header's name and value lie in a message head, as offsets (a head is at most
+/// `serve::MAX_HEADER_BYTES`, so they fit in `u32`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    /// The span of `header`, parsed from the buffer that starts at `base`.
+    pub(crate) fn of(base: &[u8], header: &httparse::Header<'_>) -> Span {
+        Span {
+            name: at(base, header.name.as_bytes()),
+            value: at(base, header.value),
+        }
+    }
+}
+
+/// Offset and length of `part`, a slice of `base`.
+pub(crate) fn at(base: &[u8], part: &[u8]) -> (u32, u32) {
+    (
+        (part.as_ptr() as usize - base.as_ptr() as usize) as u32,
+        part.len() as u32,
+    )
+}
+
+/// The bytes of `head` at `(offset, length)`, sharing its buffer.
+pub(crate) fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
+    head.slice(start as usize..(start + len) as usize)
+}
+
+/// Append the headers at `spans` of `head` (the buffer they were parsed from, now frozen) to
+/// `map`; values share `head`'s buffer. Err for a name or value `http` does not accept.
+pub(crate) fn append_headers(map: &mut HeaderMap, head: &Bytes, spans: &[Span]) -> Result<(), ()> {
+    for span in spans {
+        let (start, len) = (span.name.0 as usize, span.name.1 as usize);
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[start..start + len]),
+            HeaderValue::from_maybe_shared(slice(head, span.value)),
+        ) else {
+            return Err(());
+        };
+        map.append(name, value);
+    }
+    Ok(())
+}
+
+/// A `Content-Length` value: digits only (RFC 9110 §8.6), with optional surrounding blanks.
+pub(crate) fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')),
+    )
+}
+
+/// Does the comma-separated list `value` hold `token` (any case)?
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Is `chunked` the last coding of a `Transfer-Encoding` value (RFC 9112 §6.3)?
+pub(crate) fn chunked_last(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
