@@ -64,10 +64,23 @@ pub(crate) fn handles(req: &Request<Body>) -> bool {
 }
 
 /// Idle connections per address, shared with the response bodies that give theirs back.
+///
+/// An idle connection has no task watching it: one the app closes is found closed when it is
+/// next taken, or by the sweep that a return to the pool runs every [`SWEEP`], which closes
+/// the expired and the closed ones of every address.
 #[derive(Debug, Default)]
 pub(crate) struct Idle {
-    conns: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    inner: Mutex<IdleInner>,
 }
+
+#[derive(Debug, Default)]
+struct IdleInner {
+    conns: HashMap<SocketAddr, Vec<Conn>>,
+    swept: Option<Instant>,
+}
+
+/// How often returning a connection sweeps the pool.
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// A connection with the bytes read from it and not yet used.
 #[derive(Debug)]
@@ -91,8 +104,8 @@ impl Idle {
     /// The most recently used live connection to `addr`; expired and closed ones are dropped.
     pub(crate) fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let now = Instant::now();
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = conns.get_mut(&addr)?;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = inner.conns.get_mut(&addr)?;
         while let Some(mut conn) = list.pop() {
             if conn.idle_until > now && still_open(&mut conn.io) {
                 return Some(conn);
@@ -102,18 +115,19 @@ impl Idle {
     }
 
     fn put(&self, addr: SocketAddr, mut conn: Conn) {
-        conn.idle_until = Instant::now() + IDLE;
-        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget addresses with no connection left, so the map does not grow with every
-        // destination ever called.
-        if conns.len() > 64 {
-            let now = Instant::now();
-            conns.retain(|_, list| {
-                list.retain(|c| c.idle_until > now);
+        let now = Instant::now();
+        conn.idle_until = now + IDLE;
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.swept.is_none_or(|at| now >= at + SWEEP) {
+            inner.swept = Some(now);
+            // Close what expired or was closed, and forget addresses with no connection
+            // left, so the map does not grow with every destination ever called.
+            inner.conns.retain(|_, list| {
+                list.retain_mut(|c| c.idle_until > now && still_open(&mut c.io));
                 !list.is_empty()
             });
         }
-        let list = conns.entry(addr).or_default();
+        let list = inner.conns.entry(addr).or_default();
         if list.len() < IDLE_PER_ADDR {
             list.push(conn);
         }

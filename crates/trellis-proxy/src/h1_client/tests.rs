@@ -342,3 +342,26 @@ fn requests_with_bodies_or_upgrades_are_left_to_hyper() {
     let post = Request::post("/").body(crate::pool::full("x")).unwrap();
     assert!(!handles(&post));
 }
+
+#[tokio::test(start_paused = true)]
+async fn returning_a_connection_sweeps_out_closed_and_expired_ones() {
+    let ok: Script = |_| Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec());
+    let (a, b) = (server(ok).await, server(ok).await);
+    let idle: Arc<Idle> = Arc::default();
+    for server in [&a, &b] {
+        let resp = call(&idle, server, Method::GET, "/").await.unwrap();
+        assert_eq!(text(resp).await, "ok");
+    }
+    // The app behind `a` closes its idle connection.
+    let mut conn = idle.take(a.addr).expect("pooled");
+    conn.io.shutdown().await.unwrap();
+    idle.put(a.addr, conn);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The next return after the sweep interval closes it; `b`'s live one stays.
+    tokio::time::advance(SWEEP).await;
+    let resp = call(&idle, &b, Method::GET, "/").await.unwrap();
+    assert_eq!(text(resp).await, "ok");
+    let inner = idle.inner.lock().unwrap();
+    assert!(!inner.conns.contains_key(&a.addr), "closed connection kept");
+    assert_eq!(inner.conns.get(&b.addr).map(Vec::len), Some(1));
+}
