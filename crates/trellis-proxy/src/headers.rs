@@ -250,18 +250,26 @@ fn new_request_id() -> HeaderValue {
     let lo = mix(n.wrapping_add(KEYS.1));
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let lo = (lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
-    let value = (u128::from(hi) << 64) | u128::from(lo);
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 36];
-    let mut nibble = 32;
-    for (i, byte) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *byte = b'-';
-        } else {
-            nibble -= 1;
-            *byte = HEX[((value >> (nibble * 4)) & 0xf) as usize];
+    // 8-4-4-4-12 hex digits: `hi` fills the first 16 (three groups), `lo` the last 16.
+    let mut text = *b"00000000-0000-0000-0000-000000000000";
+    let digits = |word: u64, out: &mut [u8], positions: &[usize; 16]| {
+        for (k, &at) in positions.iter().enumerate() {
+            out[at] = HEX[((word >> (60 - 4 * k)) & 0xf) as usize];
         }
-    }
+    };
+    digits(
+        hi,
+        &mut text,
+        &[0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17],
+    );
+    digits(
+        lo,
+        &mut text,
+        &[
+            19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+        ],
+    );
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
@@ -408,7 +416,19 @@ mod tests {
         let ida = ensure_request_id(&mut a);
         let idb = ensure_request_id(&mut b);
         assert_ne!(ida, idb);
-        assert_eq!(ida.len(), 36);
+        // A UUID v4 in text: 8-4-4-4-12 lowercase hex, version 4, variant 10xx.
+        for id in [ida, idb] {
+            let text = id.to_str().unwrap();
+            let groups: Vec<_> = text.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{text}");
+            assert!(
+                text.chars()
+                    .all(|c| c == '-' || matches!(c, '0'..='9' | 'a'..='f')),
+                "{text}"
+            );
+            assert_eq!(&text[14..15], "4", "{text}");
+            assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "{text}");
+        }
     }
 
     #[test]

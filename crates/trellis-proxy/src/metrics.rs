@@ -77,13 +77,15 @@ impl std::hash::Hash for RequestLabels {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         fn name(digest: u64, s: &str) -> u64 {
             let b = s.as_bytes();
-            let word = |bytes: &[u8]| {
-                let mut w = [0u8; 8];
-                w[..bytes.len()].copy_from_slice(bytes);
-                u64::from_le_bytes(w)
+            // Whole-word loads where the name is long enough (no call to memcpy for a
+            // variable-length copy); a shorter name is folded byte by byte.
+            let (head, tail) = match (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+                (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+                _ => {
+                    let short = b.iter().fold(0u64, |w, &x| w << 8 | u64::from(x));
+                    (short, short)
+                }
             };
-            let head = word(&b[..b.len().min(8)]);
-            let tail = word(&b[b.len().saturating_sub(8)..]);
             mix(mix(mix(digest, b.len() as u64), head), tail)
         }
         let mut d = mix(0, self.reporter as u64);
