@@ -8,11 +8,13 @@
 //! response head itself; the response body reads the connection as it is polled and puts the
 //! connection back in the pool once the body has ended.
 //!
-//! Requests without a body (and no `Upgrade`, `Expect` or framing headers of their own) go
-//! this way: nearly every GET, HEAD and DELETE. A request with a body streams through hyper's
-//! client (`pool::H1Pool`), which writes it while reading an early response.
+//! Requests without a body or with a short one of known length (and no `Upgrade`, `Expect` or
+//! framing headers of their own) go this way: nearly every GET, HEAD and DELETE, and most
+//! POSTs of an API. A longer or unsized body streams through hyper's client (`pool::H1Pool`),
+//! which writes it while reading an early response.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,6 +39,10 @@ const MAX_HEADERS: usize = 100;
 pub(crate) const IDLE: Duration = Duration::from_secs(90);
 /// Idle connections kept per address.
 const IDLE_PER_ADDR: usize = 256;
+/// The longest request body sent here: read whole first, then written with the head (and
+/// kept, so that the request can be sent again on a new connection). Longer ones stream
+/// through hyper's client.
+const MAX_BODY: usize = 64 * 1024;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -49,13 +55,20 @@ pub(crate) enum H1Error {
     Io(#[from] std::io::Error),
     #[error("invalid response: {0}")]
     Invalid(&'static str),
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
 }
 
-/// Would this request go through [`send`]? No body, and nothing that hyper's client handles
-/// specially (upgrades, `100 Continue`, a framing of the caller's own).
+/// Would this request go through [`send`]? No body or a short one of known length, and
+/// nothing that hyper's client handles specially (upgrades, `100 Continue`, a framing of the
+/// caller's own).
 pub(crate) fn handles(req: &Request<Body>) -> bool {
     let h = req.headers();
-    http_body::Body::is_end_stream(req.body())
+    let body = req.body();
+    (http_body::Body::is_end_stream(body)
+        || http_body::Body::size_hint(body)
+            .exact()
+            .is_some_and(|n| n <= MAX_BODY as u64))
         && req.method() != Method::CONNECT
         && !h.contains_key(UPGRADE)
         && !h.contains_key(CONNECTION)
@@ -141,7 +154,7 @@ fn still_open(io: &mut TcpStream) -> bool {
     matches!(io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// Send `req` (origin-form, `Host` set, no body: see [`handles`]) on `conn`, a connection
+/// Send `req` (origin-form, `Host` set, a short body at most: see [`handles`]) on `conn`, a connection
 /// taken from `idle` if `reused`. A reused connection that the app closed before answering
 /// anything (its keep-alive ran out as we picked it) is replaced once by `reconnect` when the
 /// request is idempotent.
@@ -159,9 +172,25 @@ where
 {
     let head_only = req.method() == Method::HEAD;
     let idempotent = req.method().is_idempotent();
-    let mut wire = BytesMut::with_capacity(256);
-    encode_request(&mut wire, &req);
-    drop(req);
+    let (parts, body) = req.into_parts();
+    let body = if http_body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        let body = http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|e| SendError::Exchange(H1Error::RequestBody(e)))?
+            .to_bytes();
+        if body.len() > MAX_BODY {
+            return Err(SendError::Exchange(H1Error::RequestBody(
+                "longer than its length".into(),
+            )));
+        }
+        body
+    };
+    let mut wire = BytesMut::with_capacity(256 + body.len());
+    encode_request(&mut wire, &parts, body.len());
+    wire.put_slice(&body);
+    drop((parts, body));
     loop {
         match exchange(&mut conn, &wire, head_only).await {
             Ok(head) => return Ok(response(head, conn, idle, addr)),
@@ -186,15 +215,16 @@ pub(crate) enum SendError {
     Exchange(H1Error),
 }
 
-/// The request head on the wire: `METHOD /path HTTP/1.1`, the headers, and `content-length: 0`
-/// for the methods whose requests usually carry a body (as hyper writes it).
-fn encode_request(out: &mut BytesMut, req: &Request<Body>) {
-    out.put_slice(req.method().as_str().as_bytes());
+/// The request head on the wire: `METHOD /path HTTP/1.1`, the headers, and the body's
+/// `content-length` (`0` only for the methods whose requests usually carry a body, as hyper
+/// writes it).
+fn encode_request(out: &mut BytesMut, req: &http::request::Parts, body_len: usize) {
+    out.put_slice(req.method.as_str().as_bytes());
     out.put_u8(b' ');
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let headers = req.headers();
+    let headers = &req.headers;
     // `Host` first, as RFC 9112 §3.2 recommends.
     if let Some(host) = headers.get(HOST) {
         out.put_slice(b"host: ");
@@ -202,7 +232,8 @@ fn encode_request(out: &mut BytesMut, req: &Request<Body>) {
         out.put_slice(b"\r\n");
     }
     for (name, value) in headers {
-        if name == HOST {
+        // The length is the body's, written below.
+        if name == HOST || name == CONTENT_LENGTH {
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
@@ -210,10 +241,8 @@ fn encode_request(out: &mut BytesMut, req: &Request<Body>) {
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-        && !headers.contains_key(CONTENT_LENGTH)
-    {
-        out.put_slice(b"content-length: 0\r\n");
+    if body_len > 0 || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
+        let _ = write!(out, "content-length: {body_len}\r\n");
     }
     out.put_slice(b"\r\n");
 }

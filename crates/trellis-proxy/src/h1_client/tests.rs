@@ -339,8 +339,73 @@ fn requests_with_bodies_or_upgrades_are_left_to_hyper() {
     assert!(!handles(&with("connection", "upgrade")));
     assert!(!handles(&with("expect", "100-continue")));
     assert!(!handles(&with("transfer-encoding", "chunked")));
-    let post = Request::post("/").body(crate::pool::full("x")).unwrap();
-    assert!(!handles(&post));
+    let post = |body| Request::post("/").body(body).unwrap();
+    assert!(handles(&post(crate::pool::full("short"))));
+    let long = Bytes::from(vec![b'x'; MAX_BODY + 1]);
+    assert!(!handles(&post(crate::pool::full(long))));
+    let unsized_body = http_body_util::StreamBody::new(futures_util::stream::empty::<
+        Result<Frame<Bytes>, BoxError>,
+    >());
+    let unsized_body = crate::pool::boxed(unsized_body);
+    assert!(!handles(&post(unsized_body)));
+}
+
+#[tokio::test]
+async fn a_short_body_goes_with_its_length() {
+    // Answers once the whole body (by its Content-Length) is there, echoing it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (head, body) = loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&got[..end + 4]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                break (head, got[end + 4..end + 4 + len].to_vec());
+            }
+        };
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            head.len() + body.len()
+        );
+        conn.write_all(reply.as_bytes()).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body).await.unwrap();
+    });
+    let req = Request::post("/upload")
+        .header(HOST, "app.test")
+        // A stale length from the client side is not what goes on the wire.
+        .header(CONTENT_LENGTH, "99")
+        .body(crate::pool::full("a short body"))
+        .unwrap();
+    assert!(handles(&req));
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let never = || async { unreachable!("not reused, not retried") };
+    let resp = send(&Arc::default(), addr, req, conn, false, never)
+        .await
+        .unwrap();
+    let echoed = text(resp).await;
+    assert!(
+        echoed.starts_with("POST /upload HTTP/1.1\r\nhost: app.test\r\n"),
+        "{echoed}"
+    );
+    assert!(
+        echoed.contains("\r\ncontent-length: 12\r\n\r\na short body"),
+        "{echoed}"
+    );
+    assert!(!echoed.contains("99"), "{echoed}");
 }
 
 #[tokio::test(start_paused = true)]
