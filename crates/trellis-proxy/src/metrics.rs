@@ -4,12 +4,14 @@
 //! pair (`trellis_requests_total`, `trellis_request_duration_seconds`) and [`TcpLabels`] for
 //! the four TCP counters, which carry `request_protocol="tcp"` as Istio's do.
 //!
-//! What a record costs: `record_request` does two family lookups (one per metric), each a
-//! shared read lock, one SipHash of the label set (its strings, ~100-300 bytes) and a string
-//! compare on hit; then an atomic add (counter) and a short mutex hold (histogram: 15-bucket
-//! scan, sum, count). Nothing is allocated or formatted once a label set has been seen; the
-//! first record of a new label set clones the key (Arc refcount bumps) into the map under the
-//! write lock. The caller's side is building the label struct: Arc clones, no allocation.
+//! What a record costs: a label set among the last 8 recorded on the thread is found by
+//! comparing labels (pointer compares for shared names) and costs an atomic add and a short
+//! histogram lock. Otherwise `record_request` does two family lookups (one per metric), each
+//! a shared read lock, one SipHash of a digest of the label set and a compare on hit; then an
+//! atomic add (counter) and a short mutex hold (histogram: 15-bucket scan, sum, count).
+//! Nothing is allocated or formatted once a label set has been seen; the first record of a
+//! new label set clones the key (Arc refcount bumps) into the map under the write lock. The
+//! caller's side is building the label struct: Arc clones, no allocation.
 //! `tcp_opened`/`tcp_closed` are one lookup each; `tcp_bytes` two, skipping a zero count.
 
 use std::fmt;
@@ -112,6 +114,18 @@ impl std::hash::Hash for RequestLabels {
 /// One step of a multiplicative hash (FxHash's).
 fn mix(digest: u64, word: u64) -> u64 {
     (digest.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+}
+
+/// Label sets whose series [`Metrics::record_request`] keeps at hand, per thread.
+const RECENT_KEPT: usize = 8;
+
+/// One label set's series, kept by [`Metrics::record_request`].
+struct Recent {
+    /// The [`Metrics`] instance (`Inner::id`) they belong to.
+    id: u64,
+    labels: RequestLabels,
+    requests: Counter,
+    duration: Histogram,
 }
 
 /// Labels of one TCP connection; exposed with `request_protocol="tcp"`.
@@ -228,6 +242,8 @@ struct MirrorLabels {
 }
 
 struct Inner {
+    /// Tells this instance's series apart in the per-thread cache of [`Metrics::record_request`].
+    id: u64,
     registry: Registry,
     mirrors: Family<MirrorLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
@@ -292,7 +308,9 @@ impl Metrics {
             mirrors.clone(),
         );
 
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let inner = Inner {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             mirrors,
             requests,
@@ -322,12 +340,47 @@ impl Metrics {
     }
 
     /// Records one finished request (or one that failed before a response).
+    ///
+    /// The series of the last few label sets recorded on this thread are kept (a counter and a
+    /// histogram are handles to shared state, and series are never removed): a request like
+    /// the last ones compares its labels, mostly by pointer, instead of hashing them and
+    /// looking both families up under their locks.
     pub fn record_request(&self, labels: &RequestLabels, duration: Duration) {
-        self.inner.requests.get_or_create(labels).inc();
-        self.inner
-            .request_duration
-            .get_or_create(labels)
-            .observe(duration.as_secs_f64());
+        thread_local! {
+            static RECENT: std::cell::RefCell<Vec<Recent>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let seconds = duration.as_secs_f64();
+        let id = self.inner.id;
+        let hit = RECENT.with_borrow_mut(|recent| {
+            let i = recent
+                .iter()
+                .position(|r| r.id == id && r.labels == *labels)?;
+            let r = &recent[i];
+            r.requests.inc();
+            r.duration.observe(seconds);
+            // Most recent first: a steady mix finds its series in the first slots.
+            recent[..=i].rotate_right(1);
+            Some(())
+        });
+        if hit.is_some() {
+            return;
+        }
+        let requests = self.inner.requests.get_or_create(labels).clone();
+        let duration = self.inner.request_duration.get_or_create(labels).clone();
+        requests.inc();
+        duration.observe(seconds);
+        RECENT.with_borrow_mut(|recent| {
+            recent.truncate(RECENT_KEPT - 1);
+            recent.insert(
+                0,
+                Recent {
+                    id,
+                    labels: labels.clone(),
+                    requests,
+                    duration,
+                },
+            );
+        });
     }
 
     /// Records a TCP connection opened.
@@ -667,6 +720,32 @@ mod tests {
         };
         assert_eq!(count("reviews-aaaa-v1").as_deref(), Some("2"), "{text}");
         assert_eq!(count("reviews-bbbb-v1").as_deref(), Some("1"), "{text}");
+    }
+
+    #[test]
+    fn instances_on_one_thread_keep_their_own_counts() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let ok = request_labels(200, ResponseFlags::None);
+        for _ in 0..3 {
+            a.record_request(&ok, Duration::from_millis(1));
+        }
+        b.record_request(&ok, Duration::from_millis(1));
+        // A label set seen before, after others pushed it down the recent list.
+        for code in 300..320 {
+            a.record_request(&request_labels(code, ResponseFlags::None), Duration::ZERO);
+        }
+        a.record_request(&ok, Duration::from_millis(1));
+        let count = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .find(|l| {
+                    l.starts_with("trellis_requests_total{") && l.contains("response_code=\"200\"")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(count(&a).as_deref(), Some("4"));
+        assert_eq!(count(&b).as_deref(), Some("1"));
     }
 
     #[test]
