@@ -72,6 +72,15 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Is every item of the comma-separated list `value` one of `tokens` (any case)? Empty items
+/// are allowed (RFC 9110 §5.6.1).
+pub(crate) fn only_tokens(value: &[u8], tokens: &[&[u8]]) -> bool {
+    value.split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || tokens.iter().any(|k| t.eq_ignore_ascii_case(k))
+    })
+}
+
 /// Is `chunked` the last coding of a `Transfer-Encoding` value (RFC 9112 §6.3)?
 pub(crate) fn chunked_last(value: &[u8]) -> bool {
     value

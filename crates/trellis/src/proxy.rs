@@ -15,7 +15,9 @@ pub(crate) struct ProxyArgs {
     /// Once ready, write the bound listener addresses here as JSON (for tests and scripts).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Log level or directives for the stderr log (`info`, `debug`, `info,trellis_proxy=trace`).
+    /// Log level or directives for the stderr log (`info`, `debug`, `info,trellis_proxy=debug`).
+    /// Release builds compile `trace` events out (they cost every request a check); a debug build
+    /// has them.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info")]
     log_level: String,
     /// Do not write the JSON access log to stdout.

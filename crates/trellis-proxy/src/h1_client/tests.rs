@@ -430,3 +430,32 @@ async fn returning_a_connection_sweeps_out_closed_and_expired_ones() {
     assert!(!inner.conns.contains_key(&a.addr), "closed connection kept");
     assert_eq!(inner.conns.get(&b.addr).map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn framing_and_keep_alive_headers_stay_out_of_the_response_but_named_ones_wait_for_the_strip()
+{
+    let server = server(|_| {
+        Some(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+    })
+    .await;
+    let idle = Arc::default();
+    let resp = call(&idle, &server, Method::GET, "/").await.unwrap();
+    let names: Vec<&str> = resp.headers().keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-app"]);
+    assert_eq!(text(resp).await, "ok");
+
+    let server = one_shot(b"HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nok").await;
+    let resp = call(&Arc::default(), &server, Method::GET, "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["connection"],
+        "close, x-secret",
+        "a Connection that names other headers is left for strip_hop_by_hop"
+    );
+    assert_eq!(resp.headers()["content-length"], "2");
+    assert_eq!(text(resp).await, "ok");
+}
