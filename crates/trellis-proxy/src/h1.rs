@@ -2,6 +2,8 @@
 //! turning a head parsed by `httparse` into `http` types without copying its bytes, and reading
 //! the framing headers.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -39,17 +41,60 @@ pub(crate) fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
 /// Append the headers at `spans` of `head` (the buffer they were parsed from, now frozen) to
 /// `map`; values share `head`'s buffer. Err for a name or value `http` does not accept.
 pub(crate) fn append_headers(map: &mut HeaderMap, head: &Bytes, spans: &[Span]) -> Result<(), ()> {
-    for span in spans {
-        let (start, len) = (span.name.0 as usize, span.name.1 as usize);
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[start..start + len]),
-            HeaderValue::from_maybe_shared(slice(head, span.value)),
-        ) else {
-            return Err(());
-        };
-        map.append(name, value);
+    NAMES.with_borrow_mut(|names| {
+        for span in spans {
+            let (start, len) = (span.name.0 as usize, span.name.1 as usize);
+            let (Ok(name), Ok(value)) = (
+                names.get(&head[start..start + len]),
+                HeaderValue::from_maybe_shared(slice(head, span.value)),
+            ) else {
+                return Err(());
+            };
+            map.append(name, value);
+        }
+        Ok(())
+    })
+}
+
+thread_local! {
+    static NAMES: RefCell<NameCache> = const { RefCell::new(NameCache::new()) };
+}
+
+/// The header names this thread parsed last, as they were spelled on the wire. The messages of
+/// an app (and of a client) repeat the same names; `HeaderName::from_bytes` lowercases each
+/// and looks it up among the standard names, about 170 instructions a name, where a hit here
+/// is a comparison of lengths and one of bytes. Misses replace entries in turn, so a peer
+/// that sends new names every time costs a little more but grows nothing.
+pub(crate) struct NameCache {
+    entries: Vec<(Box<[u8]>, HeaderName)>,
+    next: usize,
+}
+
+impl NameCache {
+    const SIZE: usize = 32;
+
+    const fn new() -> NameCache {
+        NameCache {
+            entries: Vec::new(),
+            next: 0,
+        }
     }
-    Ok(())
+
+    /// The name spelled `raw`, from the cache or parsed (and then cached).
+    pub(crate) fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+        if let Some((_, name)) = self.entries.iter().find(|(k, _)| **k == *raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)?;
+        let entry = (Box::from(raw), name.clone());
+        if self.entries.len() < Self::SIZE {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % Self::SIZE;
+        }
+        Ok(name)
+    }
 }
 
 /// A `Content-Length` value: digits only (RFC 9110 §8.6), with optional surrounding blanks.
@@ -87,4 +132,25 @@ pub(crate) fn chunked_last(value: &[u8]) -> bool {
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_cache_gives_what_from_bytes_gives_and_stays_bounded() {
+        let mut cache = NameCache::new();
+        for raw in [&b"Content-Type"[..], b"content-type", b"X-Custom", b"x-custom", b"X-Custom"] {
+            assert_eq!(cache.get(raw).unwrap(), HeaderName::from_bytes(raw).unwrap());
+        }
+        assert_eq!(cache.entries.len(), 4, "each spelling once");
+        assert!(cache.get(b"bad name").is_err());
+        for i in 0..100 {
+            let raw = format!("x-h{i}");
+            assert_eq!(cache.get(raw.as_bytes()).unwrap().as_str(), raw);
+        }
+        assert_eq!(cache.entries.len(), NameCache::SIZE);
+        assert_eq!(cache.get(b"x-h99").unwrap().as_str(), "x-h99");
+    }
 }
