@@ -81,7 +81,10 @@ impl NameCache {
     }
 
     /// The name spelled `raw`, from the cache or parsed (and then cached).
-    pub(crate) fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    pub(crate) fn get(
+        &mut self,
+        raw: &[u8],
+    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
         if let Some((_, name)) = self.entries.iter().find(|(k, _)| **k == *raw) {
             return Ok(name.clone());
         }
@@ -141,8 +144,17 @@ mod tests {
     #[test]
     fn the_name_cache_gives_what_from_bytes_gives_and_stays_bounded() {
         let mut cache = NameCache::new();
-        for raw in [&b"Content-Type"[..], b"content-type", b"X-Custom", b"x-custom", b"X-Custom"] {
-            assert_eq!(cache.get(raw).unwrap(), HeaderName::from_bytes(raw).unwrap());
+        for raw in [
+            &b"Content-Type"[..],
+            b"content-type",
+            b"X-Custom",
+            b"x-custom",
+            b"X-Custom",
+        ] {
+            assert_eq!(
+                cache.get(raw).unwrap(),
+                HeaderName::from_bytes(raw).unwrap()
+            );
         }
         assert_eq!(cache.entries.len(), 4, "each spelling once");
         assert!(cache.get(b"bad name").is_err());
