@@ -175,6 +175,46 @@ fn content_length_with_transfer_encoding_gets_400_and_close() {
     assert_still_serves(&web);
 }
 
+/// A client that connects ahead of its first request (a pool that pre-connects, a browser's
+/// preconnect) is still an HTTP client: on the explicit proxy port, where only client-first
+/// protocols arrive, detection waits up to the header timeout rather than the 200 ms after
+/// which a captured connection is taken for server-first TCP. Silent past the header timeout,
+/// the connection is closed without an answer.
+#[test]
+fn a_client_that_connects_early_is_served_and_a_silent_one_closed() {
+    let web = troubled_chain("allow_any");
+    let mut early = RawConn::connect(web.chain.a.outbound());
+    let mut silent = RawConn::connect(web.chain.a.outbound());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(600));
+    early
+        .send(b"GET http://web.test/status/200 HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let response = early
+        .read_response(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("no response: {e}\n{}", web.chain.diagnostics()));
+    assert_eq!(
+        response.status,
+        200,
+        "a request 600 ms after connecting (detection 200 ms, header timeout 1 s): {}\n{}",
+        response.text(),
+        web.chain.diagnostics()
+    );
+
+    let read = silent.read_some(Duration::from_secs(5));
+    let closed_after = started.elapsed();
+    assert!(
+        matches!(&read, Ok(bytes) if bytes.is_empty())
+            || read.as_ref().is_err_and(|e| !e.starts_with("timed out")),
+        "a client silent past the header timeout is closed without an answer: {read:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(5),
+        "closed after {closed_after:?} (header timeout 1 s)"
+    );
+    assert_still_serves(&web);
+}
+
 #[test]
 fn slowloris_connection_is_closed_after_header_timeout() {
     let web = troubled_chain("allow_any");

@@ -160,7 +160,18 @@ impl Outbound {
                 return self.tcp(stream, addrs, dst, None, &snapshot).await;
             }
         }
-        let (protocol, io) = match detect(stream, timeouts.detect).await {
+        // Detection gives up after `timeouts.detect` so that server-first protocols, which wait
+        // for the server to speak, still become TCP. The explicit proxy port has no such
+        // clients (HTTP/1.1 and HTTP/2 speak first) and nothing to fall back to, while a
+        // client that connects ahead of its first request (a pool that pre-connects, a
+        // browser's preconnect) is common: it waits up to the header timeout, the bound on a
+        // slow client anyway.
+        let detect_timeout = if orig_dst.is_some() {
+            timeouts.detect
+        } else {
+            timeouts.header.max(timeouts.detect)
+        };
+        let (protocol, io) = match detect(stream, detect_timeout).await {
             Ok(detected) => detected,
             Err(error) => {
                 tracing::debug!(%error, "connection closed during protocol detection");
@@ -211,6 +222,13 @@ impl Outbound {
             },
             Protocol::Opaque => match orig_dst {
                 Some(dst) => self.tcp(io, addrs, dst, None, &snapshot).await,
+                None if io.prefix().is_empty() => {
+                    // Silent for the whole header timeout: closed without an answer, as nginx
+                    // does for a client that sent nothing.
+                    tracing::debug!(
+                        "no request on the explicit proxy port within the header timeout"
+                    );
+                }
                 None => {
                     // The explicit proxy speaks HTTP only: tell the client so.
                     tracing::debug!("non-HTTP bytes sent to the explicit proxy port");

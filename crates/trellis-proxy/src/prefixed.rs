@@ -43,6 +43,12 @@ impl<S> Prefixed<S> {
         (self.prefix, self.inner)
     }
 
+    /// The bytes not yet replayed.
+    #[must_use]
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
     /// Returns the inner stream, e.g. to read its addresses or socket options.
     #[must_use]
     pub fn get_ref(&self) -> &S {
