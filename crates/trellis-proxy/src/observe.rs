@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -312,8 +312,14 @@ impl RequestObserver {
         if flags != ResponseFlags::None {
             self.labels.response_flags = flags;
         }
-        // A trailers-only gRPC response carries its status in the headers.
-        let grpc_status = grpc_status(&parts.headers);
+        // A trailers-only gRPC response carries its status in the headers. Only a gRPC
+        // request has a `grpc_response_status` (as in Istio); the lookup is skipped for the
+        // rest (240 instructions a response).
+        let grpc_status = if self.labels.request_protocol == RequestProtocol::Grpc {
+            grpc_status(&parts.headers)
+        } else {
+            None
+        };
         // An empty body (a redirect, a 204) is never polled: the exchange is over already,
         // and waiting for its end would record the client as gone (DC).
         if body.is_end_stream() {
@@ -653,7 +659,8 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 /// A header's value as text of its own (not sharing the buffer it was read into).
