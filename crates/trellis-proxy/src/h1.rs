@@ -23,6 +23,12 @@ impl Span {
             value: at(base, header.value),
         }
     }
+
+    /// The name's bytes in `base`, the buffer this span was parsed from.
+    pub(crate) fn name<'a>(&self, base: &'a [u8]) -> &'a [u8] {
+        let (start, len) = (self.name.0 as usize, self.name.1 as usize);
+        &base[start..start + len]
+    }
 }
 
 /// Offset and length of `part`, a slice of `base`.
@@ -65,7 +71,7 @@ thread_local! {
 /// and looks it up among the standard names, about 170 instructions a name, where a hit here
 /// is a comparison of lengths and one of bytes. Misses replace entries in turn, so a peer
 /// that sends new names every time costs a little more but grows nothing.
-pub(crate) struct NameCache {
+struct NameCache {
     entries: Vec<(Box<[u8]>, HeaderName)>,
     next: usize,
 }
@@ -81,10 +87,7 @@ impl NameCache {
     }
 
     /// The name spelled `raw`, from the cache or parsed (and then cached).
-    pub(crate) fn get(
-        &mut self,
-        raw: &[u8],
-    ) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    fn get(&mut self, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
         if let Some((_, name)) = self.entries.iter().find(|(k, _)| **k == *raw) {
             return Ok(name.clone());
         }

@@ -383,6 +383,19 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Err
             // may be an attempt at smuggling, so its connection is not reused.
             (_, Some(true), length) => {
                 keep_alive &= length.is_none();
+                if length.is_some() {
+                    // ... and the Content-Length is not passed on: the body forwarded is the
+                    // chunked one, whatever length that header claimed.
+                    let base: &[u8] = buf;
+                    let mut kept = 0;
+                    for i in 0..count {
+                        if !spans[i].name(base).eq_ignore_ascii_case(b"content-length") {
+                            spans[kept] = spans[i];
+                            kept += 1;
+                        }
+                    }
+                    count = kept;
+                }
                 Framing::Chunked(Chunk::Size)
             }
             (_, Some(false), _) | (_, None, None) => {
