@@ -67,7 +67,7 @@ impl Upstreams {
                     source: source.into(),
                 })
         };
-        with_timeout(addr, request_timeout, send).await?
+        with_timeout(addr, request_timeout, std::pin::pin!(send)).await?
     }
 
     /// Send `req` as HTTP/1.1 to `addr`, keeping its `Host` header (set from the URI's

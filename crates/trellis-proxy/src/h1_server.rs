@@ -123,8 +123,9 @@ where
 
         // 2. The handler, while watching the client: one that goes away takes its request
         //    with it (the upstream exchange is cancelled). Pipelined bytes are kept.
-        let handled = handle(req);
-        tokio::pin!(handled);
+        // Pinned where it is built: `tokio::pin!` on a local moves the handler's future (7 KB
+        // on the outbound side) once more per request, a memcpy that touches 220 cold lines.
+        let mut handled = std::pin::pin!(handle(req));
         let resp = loop {
             tokio::select! {
                 biased;

@@ -192,7 +192,7 @@ impl Outbound {
                 let handle = |req| {
                     let this = self.clone();
                     let ingress = ingress.clone();
-                    async move { this.handle(ctx, ingress.as_deref(), req).await }
+                    async move { std::pin::pin!(this.handle(ctx, ingress.as_deref(), req)).await }
                 };
                 let rest = crate::h1_server::serve(inner, prefix, timeouts.header, &drain, handle);
                 if let Some((read, inner)) = rest.await {
@@ -447,9 +447,9 @@ impl Outbound {
             .map(|r| r.map(crate::retry::UpstreamBody::new)),
             None => {
                 // Tries, as the destination's retry policy allows.
-                let (result, last) = self
-                    .send(req, ctx, dest.as_deref(), upstream, hash, timeouts)
-                    .await;
+                let (result, last) =
+                    std::pin::pin!(self.send(req, ctx, dest.as_deref(), upstream, hash, timeouts))
+                        .await;
                 if let Some(d) = &dest {
                     self.set_destination(&mut obs, d, &last);
                 }

@@ -36,13 +36,15 @@ impl Outbound {
         t: Timeouts,
     ) -> (Result<Response<UpstreamBody>, ProxyError>, Upstream) {
         let Some(dest) = dest else {
-            let result = forward(&self.upstreams, req, ctx.version, &first, t).await;
+            let result =
+                std::pin::pin!(forward(&self.upstreams, req, ctx.version, &first, t)).await;
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
         let retries = dest.retries.as_ref().filter(|(p, _)| p.attempts > 0);
         let Some((policy, budget)) = retries else {
             let this_try = Try::start(dest, &first);
-            let result = forward(&self.upstreams, req, ctx.version, &first, t).await;
+            let result =
+                std::pin::pin!(forward(&self.upstreams, req, ctx.version, &first, t)).await;
             this_try.finish(&result);
             return (result.map(|r| r.map(UpstreamBody::new)), first);
         };
