@@ -11,6 +11,7 @@ worker per proxy. A setup function returns a Target: where the client connects, 
 :authority it sends, and the proxies' pids (for CPU and RSS).
 """
 import os
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,6 +20,19 @@ from .topology import VIP
 
 TD = "cluster.local"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+
+def pki(work, trellis):
+    """A mesh CA and certificates for the two proxy sides, from `trellis ca` (ECDSA P-256);
+    returns the CA's directory."""
+    ca = work / "ca"
+    subprocess.run([trellis, "ca", "init", "--dir", ca, "--trust-domain", TD], check=True, capture_output=True)
+    for sa in ("client", "server"):
+        subprocess.run([trellis, "ca", "issue", "--dir", ca, "--id", f"spiffe://{TD}/ns/bench/sa/{sa}",
+                        "--out", work / sa], check=True, capture_output=True)
+        # haproxy wants certificate and key in one file.
+        (work / sa / "haproxy.pem").write_text((work / sa / "cert-chain.pem").read_text() + (work / sa / "key.pem").read_text())
+    return ca
 
 
 @dataclass

@@ -87,10 +87,13 @@ def percentiles_ms(sorted_us):
     return {"p50": pick(50), "p90": pick(90), "p99": pick(99), "p99.9": pick(99.9)}
 
 
-def fixed_rate(place, loadgen, addr, host, seconds, rate=1000, conns=16):
-    """Open-loop latency at a fixed rate (coordinated omission corrected): bench/loadgen."""
+def fixed_rate(place, loadgen, addr, host, seconds, rate=1000, conns=16, warmup=None):
+    """Open-loop latency at a fixed rate (coordinated omission corrected): bench/loadgen.
+    `warmup`: seconds at the rate before measuring (the load generator's default when None)."""
     args = place.prefix() + [str(loadgen), "--addr", addr, "--rate", str(rate), "--connections", str(conns),
                              "--seconds", str(seconds)]
+    if warmup is not None:
+        args += ["--warmup", str(warmup)]
     if host:
         args += ["--host", host]
     return json.loads(run(args, seconds + 2))
