@@ -79,3 +79,36 @@ def build(root):
     say("cargo build --release (trellis and trellis-proxy; then trellis-loadgen)")
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis"], cwd=root, check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis-loadgen"], cwd=root, check=True)
+
+
+# A fresh list has all but a handful of its Rust names in the binary (2026-11-27: 1,694 of
+# 1,702); the list of the commit before a small change had 1,557, and idle RSS rose by 1.5 MB.
+ORDER_FRESH = 0.97
+
+
+def order_coverage(listed, present):
+    """How much of the linker's function order (crates/trellis/hot-functions.txt, `listed`) a
+    binary's symbols (`present`) still hold: (Rust names found, Rust names listed, others found,
+    others listed). Only Rust names (`_ZN`, `_R`) tell whether the list is stale: the others
+    are libc's and the vDSO's, never in the binary."""
+    rust = [n for n in listed if n.startswith(("_ZN", "_R"))]
+    other = [n for n in listed if not n.startswith(("_ZN", "_R"))]
+    return (sum(n in present for n in rust), len(rust), sum(n in present for n in other), len(other))
+
+
+def order_file(root, binary):
+    """The "linker order" line of a run's facts, starting with STALE when the list no longer
+    matches the code: a stale list raises the proxies' RSS and moves their CPU figures."""
+    listed = [n for n in (root / "crates/trellis/hot-functions.txt").read_text().splitlines() if n]
+    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True)
+    if nm.returncode != 0:
+        return "unknown (nm failed)"
+    present = {line.split()[-1] for line in nm.stdout.splitlines() if line.strip()}
+    rust_found, rust, other_found, other = order_coverage(listed, present)
+    line = (f"{rust_found} of the {rust} Rust functions in crates/trellis/hot-functions.txt are in trellis-proxy "
+            f"(and {other_found} of {other} C functions: aws-lc's are, libc's never)")
+    if rust and rust_found < ORDER_FRESH * rust:
+        line = (f"STALE: {line}; the code changed since the list was made, so idle RSS and CPU read high. "
+                f"Regenerate: bench/instructions --mode l7 --mode l4 --mode h2 --order-file "
+                f"crates/trellis/hot-functions.txt, then rebuild")
+    return line

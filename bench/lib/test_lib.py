@@ -2,7 +2,7 @@
 python3 -m unittest discover -s bench/lib -t bench  (./scripts/test runs it; well under a second)."""
 import unittest
 
-from lib import load, report, topology, trials
+from lib import load, preflight, report, topology, trials
 
 WRK = """Running 1s test @ http://127.0.0.1:8080/
   1 threads and 16 connections
@@ -122,6 +122,15 @@ class Topology(unittest.TestCase):
         self.assertEqual(t.place("client").prefix(), ["taskset", "-c", "0"])
         self.assertEqual(t.place("server").prefix(), ["taskset", "-c", "1"])
         self.assertEqual(topology.Place("ns").prefix(), ["ip", "netns", "exec", "ns"])
+
+
+class OrderFileTest(unittest.TestCase):
+    def test_only_rust_names_count_and_a_renamed_one_is_missed(self):
+        listed = ["_ZN4core3fmt5write17h0123456789abcdefE", "_RNvCs1_3foo3bar", "memcpy", "__vdso_clock_gettime"]
+        present = {"_ZN4core3fmt5write17h0123456789abcdefE", "_RNvCs1_3foo3bar"}
+        self.assertEqual(preflight.order_coverage(listed, present), (2, 2, 0, 2))
+        renamed = {"_ZN4core3fmt5write17hfedcba9876543210E", "_RNvCs1_3foo3bar", "memcpy"}
+        self.assertEqual(preflight.order_coverage(listed, renamed), (1, 2, 1, 2))
 
 
 if __name__ == "__main__":
