@@ -90,7 +90,7 @@ def order_coverage(listed, present):
     """How much of the linker's function order (crates/trellis/hot-functions.txt, `listed`) a
     binary's symbols (`present`) still hold: (Rust names found, Rust names listed, others found,
     others listed). Only Rust names (`_ZN`, `_R`) tell whether the list is stale: the others
-    are libc's and the vDSO's, never in the binary."""
+    are C functions, aws-lc's (in the binary whatever the code) and libc's (never in it)."""
     rust = [n for n in listed if n.startswith(("_ZN", "_R"))]
     other = [n for n in listed if not n.startswith(("_ZN", "_R"))]
     return (sum(n in present for n in rust), len(rust), sum(n in present for n in other), len(other))

@@ -49,9 +49,8 @@ pub(crate) fn slice(head: &Bytes, (start, len): (u32, u32)) -> Bytes {
 pub(crate) fn append_headers(map: &mut HeaderMap, head: &Bytes, spans: &[Span]) -> Result<(), ()> {
     NAMES.with_borrow_mut(|names| {
         for span in spans {
-            let (start, len) = (span.name.0 as usize, span.name.1 as usize);
             let (Ok(name), Ok(value)) = (
-                names.get(&head[start..start + len]),
+                names.get(span.name(head)),
                 HeaderValue::from_maybe_shared(slice(head, span.value)),
             ) else {
                 return Err(());
