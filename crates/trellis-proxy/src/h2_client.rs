@@ -41,8 +41,8 @@ pub(crate) struct H2Conn {
 /// Keep-alive: a ping after this long, and the connection is given up if the pong takes longer
 /// than [`PING_TIMEOUT`]. Idle connections are pinged too, so a dead peer is noticed before a
 /// request is sent to it.
-const PING_INTERVAL: Duration = Duration::from_secs(30);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Start HTTP/2 (prior knowledge) on `io` and spawn the task that drives the connection.
 /// Large windows so one stream can fill a fast link; server push off.
@@ -83,7 +83,7 @@ where
 
 /// Ping every [`PING_INTERVAL`]; return when a pong does not come within [`PING_TIMEOUT`]
 /// (never, without a ping handle, or once the connection has failed: its task ends then).
-async fn keepalive(ping: Option<PingPong>) {
+pub(crate) async fn keepalive(ping: Option<PingPong>) {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
@@ -137,12 +137,7 @@ impl Ready {
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        Ok(response.map(|recv| {
-            RecvBody::H2(H2Body {
-                recv,
-                content_length,
-            })
-        }))
+        Ok(response.map(|recv| RecvBody::H2(H2Body::new(recv, content_length))))
     }
 
     /// Open a `CONNECT` stream (`req`'s URI is the target's authority) and, once the peer
@@ -152,12 +147,7 @@ impl Ready {
         let mut send = self.0;
         let (response, stream) = send.send_request(req, false)?;
         let (parts, recv) = response.await?.into_parts();
-        let io = H2Io {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-            closed: false,
-        };
+        let io = H2Io::new(stream, recv);
         Ok((Response::from_parts(parts, ()), io))
     }
 }
@@ -166,11 +156,7 @@ impl Ready {
 /// here. Otherwise a task takes over; the returned sender tells it the response came (dropped
 /// without a word, the caller gave up and the stream is reset).
 async fn pipe(body: Body, stream: SendStream<Bytes>) -> Option<oneshot::Sender<()>> {
-    let mut pipe = Pipe {
-        body,
-        stream,
-        pending: None,
-    };
+    let mut pipe = Pipe::new(body, stream);
     let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx).is_ready()));
     if done.await {
         return None;
@@ -200,11 +186,21 @@ async fn pipe(body: Body, stream: SendStream<Bytes>) -> Option<oneshot::Sender<(
 /// A request body being written to its stream: DATA as flow control allows, then trailers or
 /// an empty end-of-stream frame. Ends early (and quietly) if the peer resets the stream or the
 /// body fails (the stream is reset then).
-struct Pipe {
+pub(crate) struct Pipe {
     body: Body,
     stream: SendStream<Bytes>,
     /// A chunk waiting for flow-control capacity, and whether it ends the body.
     pending: Option<(Bytes, bool)>,
+}
+
+impl Pipe {
+    pub(crate) fn new(body: Body, stream: SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            stream,
+            pending: None,
+        }
+    }
 }
 
 impl Future for Pipe {
@@ -269,13 +265,16 @@ impl Future for Pipe {
     }
 }
 
-/// The body of a response from an upstream: HTTP/1.1 (hyper's client, or read directly by
-/// `h1_client`) or HTTP/2 (ours).
+/// A body as received: a response from an upstream over HTTP/1.1 (hyper's client, or read
+/// directly by `h1_client`) or HTTP/2 (ours), or a request from a client (hyper's server, or
+/// ours on the mesh transport, [`crate::h2_server`]).
 #[derive(Debug)]
 pub(crate) enum RecvBody {
     H1(hyper::body::Incoming),
     Direct(crate::h1_client::RecvH1),
     H2(H2Body),
+    /// None at all (a `CONNECT` request: the stream is the tunnel's).
+    Empty,
 }
 
 impl http_body::Body for RecvBody {
@@ -292,6 +291,7 @@ impl http_body::Body for RecvBody {
                 .map(|f| f.map(|f| f.map_err(Into::into))),
             Self::Direct(body) => Pin::new(body).poll_frame(cx),
             Self::H2(body) => body.poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
         }
     }
 
@@ -300,6 +300,7 @@ impl http_body::Body for RecvBody {
             Self::H1(body) => body.is_end_stream(),
             Self::Direct(body) => body.is_end_stream(),
             Self::H2(body) => body.recv.is_end_stream(),
+            Self::Empty => true,
         }
     }
 
@@ -310,6 +311,7 @@ impl http_body::Body for RecvBody {
             Self::H2(body) => body
                 .content_length
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Self::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -324,6 +326,14 @@ pub(crate) struct H2Body {
 }
 
 impl H2Body {
+    /// `content_length` from the message's header, for the size hint.
+    pub(crate) fn new(recv: RecvStream, content_length: Option<u64>) -> Self {
+        Self {
+            recv,
+            content_length,
+        }
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match ready!(self.recv.poll_data(cx)) {
             Some(Ok(chunk)) => {
@@ -350,6 +360,17 @@ pub(crate) struct H2Io {
     buf: Bytes,
     /// End of stream sent.
     closed: bool,
+}
+
+impl H2Io {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            buf: Bytes::new(),
+            closed: false,
+        }
+    }
 }
 
 impl AsyncRead for H2Io {

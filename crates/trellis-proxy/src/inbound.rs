@@ -15,7 +15,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use trellis_model::{MtlsMode, Protocol as Declared};
 use trellis_runtime::DrainWatcher;
@@ -25,6 +24,7 @@ use crate::detect::{Protocol, detect};
 use crate::error::ProxyError;
 use crate::forward::Upstreams;
 use crate::h2_client::RecvBody;
+use crate::h2_server::Tunnel;
 use crate::headers::{self, TRELLIS_META};
 use crate::metrics::{Metrics, Reporter, ResponseFlags};
 use crate::mtls::MeshTls;
@@ -128,16 +128,15 @@ impl Inbound {
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let this = self.clone();
-        let service = service_fn(move |req| {
-            let this = this.clone();
+        crate::h2_server::serve(io, drain, |req| {
+            let this = self.clone();
             let peer = peer.clone();
-            // Boxed: hyper spawns a task per stream and moves this future into it; a pointer
-            // moves cheaper than the whole state machine (4.7 KB, copied once, into the box;
+            // Boxed: each stream's task is spawned with this future in it; a pointer moves
+            // cheaper than the whole state machine (4.7 KB, copied once, into the box;
             // `Box::write` would build it in place: Rust 1.87, and the MSRV is 1.85).
-            Box::pin(async move { Ok::<_, Infallible>(this.handle(addrs, &peer, req).await) })
-        });
-        crate::serve::http2(io, drain, service).await;
+            Box::pin(async move { this.handle(addrs, &peer, req).await })
+        })
+        .await;
     }
 
     /// Serve one connection captured on its way to the app (clients outside the mesh,
@@ -254,7 +253,7 @@ impl Inbound {
             return denied(obs, &denial, version);
         }
         let resp = self
-            .forward_to_app(req, &mut obs, target, http1, &snapshot)
+            .forward_to_app(req.map(RecvBody::H1), &mut obs, target, http1, &snapshot)
             .await;
         obs.respond(resp, version)
     }
@@ -262,7 +261,7 @@ impl Inbound {
     /// Send a request to the app in the protocol the client spoke.
     async fn forward_to_app(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         obs: &mut RequestObserver,
         target: SocketAddr,
         http1: bool,
@@ -307,7 +306,7 @@ impl Inbound {
         &self,
         addrs: ConnAddrs,
         peer: &PeerConn,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
     ) -> Response<Body> {
         let snapshot = self.state.load();
         let mut obs = RequestObserver::start(
@@ -369,12 +368,17 @@ impl Inbound {
     /// A `CONNECT` stream to an app port: connect, answer 200, relay.
     async fn connect(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RecvBody>,
         obs: RequestObserver,
         addrs: ConnAddrs,
         peer: &PeerConn,
         snapshot: &Snapshot,
     ) -> Response<Body> {
+        // Put there by the mesh transport's server for every CONNECT stream.
+        let Some(tunnel) = req.extensions_mut().remove::<Tunnel>() else {
+            let reason = "CONNECT without a stream to tunnel";
+            return obs.fail(&ProxyError::BadRequest { reason }, Version::HTTP_2);
+        };
         let target = match req
             .uri()
             .authority()
@@ -406,12 +410,11 @@ impl Inbound {
         let mut obs = obs;
         obs.set_upstream(target);
         let mut tcp = obs.into_tcp(None);
-        let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => tcp.close(relay(TokioIo::new(upgraded), upstream, t.idle).await),
-                Err(error) => {
-                    tracing::debug!(%error, "tunnel stream ended before it opened");
+            match tunnel.opened().await {
+                Some(stream) => tcp.close(relay(stream, upstream, t.idle).await),
+                None => {
+                    tracing::debug!("tunnel stream ended before it opened");
                     tcp.set_sni(None);
                     tcp.close(Default::default());
                 }

@@ -20,6 +20,7 @@ mod h1;
 mod h1_client;
 mod h1_server;
 mod h2_client;
+mod h2_server;
 mod headers;
 mod identity;
 mod inbound;
