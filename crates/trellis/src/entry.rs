@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use rustix::process::Pid;
 
-/// mimalloc instead of glibc's malloc, in both binaries (this module is in each). Per request,
-/// callgrind (`bench/instructions --mode l7`): proxy A 50.9k -> 48.4k instructions, B 53.7k
-/// -> 50.5k (HTTP/2 mode: -7 % and -9 %), for 0.4 MB more idle RSS (version 3, transparent
-/// huge pages off: mimalloc 2, tried twice before, cost 6.5-7 MB per proxy).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Set by `trellis up` in every process it starts, to its own pid. A `trellis` process that
 /// finds it stops once `up` is no longer its parent: `up` killed with SIGKILL (which it cannot
 /// catch to stop its children) leaves no proxies, control plane or demo apps behind.
