@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::pool::{Body, BoxError};
-use crate::serve::MAX_HEADER_BYTES;
+use crate::serve::{
+    H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_MAX_SEND_BUFFER, H2_STREAM_WINDOW, MAX_HEADER_BYTES,
+};
 
 /// A live HTTP/2 connection: cheap to clone, one per peer in the pool.
 #[derive(Debug, Clone)]
@@ -51,10 +53,10 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (send, mut conn) = h2::client::Builder::new()
-        .initial_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
-        .max_send_buffer_size(1024 * 1024)
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buffer_size(H2_MAX_SEND_BUFFER)
         // Responses may carry as much header as requests may (hyper's client took 16 KiB).
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         // Until the peer's SETTINGS say how many streams it takes (hyper's default).

@@ -32,7 +32,10 @@ use trellis_runtime::DrainWatcher;
 
 use crate::h2_client::{H2Body, H2Io, Pipe, RecvBody, keepalive};
 use crate::pool::Body;
-use crate::serve::MAX_HEADER_BYTES;
+use crate::serve::{
+    H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_MAX_SEND_BUFFER, H2_MAX_STREAMS, H2_STREAM_WINDOW,
+    MAX_HEADER_BYTES,
+};
 
 /// In a `CONNECT` request's extensions: the stream as bytes, once the handler's answer was a
 /// 2xx and has been sent (dropped unsent otherwise).
@@ -61,13 +64,13 @@ where
     H: Fn(Request<RecvBody>) -> F,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    // The settings hyper's server had here (`serve::http2`, still used for HTTP/2 from apps).
+    // The settings of hyper's server (`serve::http2`, still used for HTTP/2 from apps).
     let handshake = h2::server::Builder::new()
-        .initial_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
-        .max_send_buffer_size(1024 * 1024)
-        .max_concurrent_streams(1024)
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buffer_size(H2_MAX_SEND_BUFFER)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_local_error_reset_streams(Some(1024))
         .handshake::<_, Bytes>(io);

@@ -18,6 +18,16 @@ use crate::pool::Body;
 /// The largest request header section accepted from a client (431 beyond).
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// HTTP/2 settings of every connection the proxy serves or opens (hyper's server here,
+/// `h2_server`, `h2_client`): windows large enough for one stream to fill a fast link, 64 KiB
+/// frames, and up to 1 MiB buffered per stream before its sender waits.
+pub(crate) const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+pub(crate) const H2_MAX_FRAME: u32 = 64 * 1024;
+pub(crate) const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Concurrent streams a client may open on a connection the proxy serves.
+pub(crate) const H2_MAX_STREAMS: u32 = 1024;
+
 /// Accept connections until drain starts; each connection runs `serve` in its own task under
 /// a span naming the listener and both addresses, and holds a drain watcher while it runs so
 /// that shutdown waits for it.
@@ -101,11 +111,11 @@ where
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(64 * 1024)
-        .max_send_buf_size(1024 * 1024)
-        .max_concurrent_streams(1024)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER)
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
