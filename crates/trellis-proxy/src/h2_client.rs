@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::client::SendRequest;
@@ -30,6 +29,7 @@ use tokio::sync::oneshot;
 use crate::pool::{Body, BoxError};
 use crate::serve::{
     H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_MAX_SEND_BUFFER, H2_STREAM_WINDOW, MAX_HEADER_BYTES,
+    PING_INTERVAL, PING_TIMEOUT,
 };
 
 /// A live HTTP/2 connection: cheap to clone, one per peer in the pool.
@@ -39,12 +39,6 @@ pub(crate) struct H2Conn {
     /// Cleared when the connection's task ends (closed, failed, or no answer to a ping).
     open: Arc<AtomicBool>,
 }
-
-/// Keep-alive: a ping after this long, and the connection is given up if the pong takes longer
-/// than [`PING_TIMEOUT`]. Idle connections are pinged too, so a dead peer is noticed before a
-/// request is sent to it.
-pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(30);
-pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Start HTTP/2 (prior knowledge) on `io` and spawn the task that drives the connection.
 /// Large windows so one stream can fill a fast link; server push off.
@@ -135,10 +129,7 @@ impl Ready {
         if let Some(piping) = piping {
             let _ = piping.send(());
         }
-        let content_length = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let content_length = content_length(response.headers());
         Ok(response.map(|recv| RecvBody::H2(H2Body::new(recv, content_length))))
     }
 
@@ -316,6 +307,13 @@ impl http_body::Body for RecvBody {
             Self::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// A message's `content-length` (one value, digits only: `h1::content_length`), for a body's
+/// size hint.
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_LENGTH)?;
+    crate::h1::content_length(value.as_bytes()).map(|n| n as u64)
 }
 
 /// A response body arriving on an HTTP/2 stream. Flow-control capacity is given back as each

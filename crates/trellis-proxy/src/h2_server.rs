@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 use trellis_runtime::DrainWatcher;
 
-use crate::h2_client::{H2Body, H2Io, Pipe, RecvBody, keepalive};
+use crate::h2_client::{H2Body, H2Io, Pipe, RecvBody, content_length, keepalive};
 use crate::pool::Body;
 use crate::serve::{
     H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_MAX_SEND_BUFFER, H2_MAX_STREAMS, H2_STREAM_WINDOW,
@@ -130,11 +130,7 @@ fn request(
         let body = RecvBody::Empty;
         return (Request::from_parts(parts, body), Some((recv, tx)));
     }
-    let content_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = RecvBody::H2(H2Body::new(recv, content_length));
+    let body = RecvBody::H2(H2Body::new(recv, content_length(&parts.headers)));
     (Request::from_parts(parts, body), None)
 }
 

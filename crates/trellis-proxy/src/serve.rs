@@ -27,6 +27,11 @@ pub(crate) const H2_MAX_FRAME: u32 = 64 * 1024;
 pub(crate) const H2_MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Concurrent streams a client may open on a connection the proxy serves.
 pub(crate) const H2_MAX_STREAMS: u32 = 1024;
+/// Keep-alive: a ping after this long, and the connection is given up if the pong takes longer
+/// than [`PING_TIMEOUT`]. Idle connections are pinged too, so a dead peer is noticed before a
+/// request is sent to it.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accept connections until drain starts; each connection runs `serve` in its own task under
 /// a span naming the listener and both addresses, and holds a drain watcher while it runs so
@@ -117,8 +122,8 @@ where
         .max_send_buf_size(H2_MAX_SEND_BUFFER)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {

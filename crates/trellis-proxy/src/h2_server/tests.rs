@@ -283,7 +283,7 @@ async fn a_client_that_stops_answering_pings_is_given_up() {
     // The client's connection does its handshake and is never polled again: no pongs.
     let (_send, _conn) = h2::client::handshake(client_io).await.expect("handshake");
     let ended = tokio::time::timeout(
-        crate::h2_client::PING_INTERVAL + crate::h2_client::PING_TIMEOUT + Duration::from_secs(5),
+        crate::serve::PING_INTERVAL + crate::serve::PING_TIMEOUT + Duration::from_secs(5),
         server,
     )
     .await;
