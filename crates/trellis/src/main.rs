@@ -1,5 +1,6 @@
 //! `trellis`: the service mesh in one binary. Each subcommand lives in its own module.
 
+mod allocator;
 mod ca;
 mod cert;
 mod check;

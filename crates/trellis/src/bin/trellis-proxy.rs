@@ -2,6 +2,8 @@
 //! without the control plane, the CA, the tools and the demo app linked in: fewer code pages
 //! for each sidecar to map (bench/README.md, "Memory").
 
+#[path = "../allocator.rs"]
+mod allocator;
 #[path = "../entry.rs"]
 mod entry;
 #[path = "../proxy.rs"]
