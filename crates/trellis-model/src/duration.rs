@@ -96,7 +96,7 @@ pub fn format_duration(d: Duration) -> String {
     }
     let (unit, scale) = UNITS
         .iter()
-        .find(|(_, scale)| nanos % scale == 0)
+        .find(|(_, scale)| nanos.is_multiple_of(*scale))
         .copied()
         .unwrap_or(("ns", 1));
     format!("{}{unit}", nanos / scale)

@@ -65,7 +65,7 @@ impl Default for Percent {
 
 impl fmt::Display for Percent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 10_000 == 0 {
+        if self.0.is_multiple_of(10_000) {
             write!(f, "{}", self.0 / 10_000)
         } else {
             let text = format!("{:.4}", self.as_f64());
@@ -77,7 +77,7 @@ impl fmt::Display for Percent {
 /// A whole percentage as an integer (`50`), else a float (`0.5`).
 impl Serialize for Percent {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 10_000 == 0 {
+        if self.0.is_multiple_of(10_000) {
             serializer.serialize_u32(self.0 / 10_000)
         } else {
             serializer.serialize_f64(self.as_f64())
