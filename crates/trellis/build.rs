@@ -31,7 +31,7 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
 
-/// rustc 1.90 and later link x86_64 Linux with LLD; before (the workspace accepts 1.85), the
+/// rustc 1.90 and later link x86_64 Linux with LLD; before (the workspace accepts 1.87), the
 /// system's GNU ld, which knows no symbol ordering file.
 fn lld_by_default() -> bool {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
