@@ -22,11 +22,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // The one unsafe attribute in the workspace: placing a function pointer in `.init_array` is
 // how a program runs code before its `main` (Rust's std puts its own at priority 99).
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 #[unsafe(link_section = ".init_array.00100")]
 #[used]
 static THP_OFF: extern "C" fn() = transparent_huge_pages_off;
 
+#[cfg(target_os = "linux")]
 extern "C" fn transparent_huge_pages_off() {
     // Nothing to report to yet, and nothing to do if it fails (a kernel without THP says
     // EINVAL): the proxy then runs with the kernel's setting.
