@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use trellis_test_support::discovery::fixed_port;
-use trellis_test_support::{Metrics, Process, TestDir, http_request};
+use trellis_test_support::{Metrics, Process, TestDir, http_request, thp_enabled};
 
 use crate::trellis;
 
@@ -218,6 +218,16 @@ fn left_running(state: &Path) -> Vec<String> {
 fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
     a_killed_up_leaves_nothing_running();
     let mut up = Up::start();
+
+    // `up` gives back the THP setting it was started with (this test's) before it starts
+    // workloads' own commands, which inherit it; its proxies turn THP off for themselves.
+    let ours = thp_enabled(std::process::id());
+    assert!(ours.is_some(), "no THP_enabled in /proc/self/status");
+    assert_eq!(
+        thp_enabled(up.process.pid()),
+        ours,
+        "THP_enabled of trellis up: the workloads it starts would inherit the proxy's setting"
+    );
 
     // The ingress answers with the whole call tree, across the mesh.
     let response = http_request(up.ingress, "GET", "/", &[], b"");

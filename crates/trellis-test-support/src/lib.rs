@@ -47,7 +47,7 @@ pub use netns::NetNs;
 pub use pcap::{Packet, PacketCapture, TlsSummary, Transport};
 pub use peer::{PyPeer, TlsServer, repo_root, run_python};
 pub use pods::{Node, PROXY_GID, PROXY_UID, Pod};
-pub use process::{CommandOutput, Process, run, run_with_input};
+pub use process::{CommandOutput, Process, run, run_with_input, thp_enabled};
 pub use proxy::{ProxyAddrs, ProxyProcess, Trellis};
 pub use raw::{Closed, RawConn, RawResponse, http_request};
 pub use tools::{free_port, require_python_module, require_tool};

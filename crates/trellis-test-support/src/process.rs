@@ -310,3 +310,18 @@ fn read_lines(pipe: impl Read, into: &Mutex<Vec<String>>) {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Whether transparent huge pages are allowed for process `pid` (`THP_enabled` in
+/// `/proc/PID/status`, there since Linux 5.0): false once the process has turned them off with
+/// `PR_SET_THP_DISABLE`, or inherited that from its parent. `None` if it cannot be read.
+pub fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))?;
+    match value.trim() {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}

@@ -124,6 +124,8 @@ struct Child {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Workloads' own commands inherit this process's THP setting: the node's, not the proxy's.
+    crate::allocator::restore_inherited_thp();
     let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
     let state = args
         .state_dir
