@@ -58,6 +58,8 @@ class Ctx:
     server_h2_port: int = 0
     # `bench/run --baseline DIR`: another build's `trellis` (its `trellis-proxy` beside it).
     baseline: Path = None
+    # A command the proxies (not the server) run under, e.g. valgrind (bench/instructions).
+    wrap: tuple = ()
 
 
 def server(ctx):
@@ -122,9 +124,9 @@ def trellis(ctx, mode):
     # plane, CA and tools linked in, as a sidecar image would ship it.
     sidecar = Path(ctx.trellis).with_name("trellis-proxy")
     args = ["--no-access-log", "--log-level", "warn", "--config"]
-    b = ctx.procs.start("trellis-b", [sidecar, *args, work / "trellis-b.yaml"], topo.place("b"), env=env)
+    b = ctx.procs.start("trellis-b", [*ctx.wrap, sidecar, *args, work / "trellis-b.yaml"], topo.place("b"), env=env)
     ctx.procs.wait_listen(b, b_mesh)
-    a = ctx.procs.start("trellis-a", [sidecar, *args, work / "trellis-a.yaml"], topo.place("a"), env=env)
+    a = ctx.procs.start("trellis-a", [*ctx.wrap, sidecar, *args, work / "trellis-a.yaml"], topo.place("a"), env=env)
     ctx.procs.wait_listen(a, a_port)
     if mode == "l4":
         return Target(VIP, 80, None, [a.pid, b.pid])
@@ -173,11 +175,13 @@ http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{a_port}{' http2' if mode == 'h2' else ''};
     location / {{ proxy_pass https://peer; proxy_http_version 1.1; proxy_set_header Connection ""; {client_tls} }} }} }}
 """
-    (work / "nginx-b.conf").write_text(b_conf)
-    (work / "nginx-a.conf").write_text(a_conf)
-    b = ctx.procs.start("nginx-b", ["nginx", "-c", work / "nginx-b.conf", "-p", work], topo.place("b"))
+    # Under a wrapper (valgrind) the one worker is the process started: no master to fork it.
+    single = "master_process off; " if ctx.wrap else ""
+    (work / "nginx-b.conf").write_text(single + b_conf)
+    (work / "nginx-a.conf").write_text(single + a_conf)
+    b = ctx.procs.start("nginx-b", [*ctx.wrap, "nginx", "-c", work / "nginx-b.conf", "-p", work], topo.place("b"))
     ctx.procs.wait_listen(b, b_port)
-    a = ctx.procs.start("nginx-a", ["nginx", "-c", work / "nginx-a.conf", "-p", work], topo.place("a"))
+    a = ctx.procs.start("nginx-a", [*ctx.wrap, "nginx", "-c", work / "nginx-a.conf", "-p", work], topo.place("a"))
     ctx.procs.wait_listen(a, a_port)
     return target(ctx, mode, a_port, [a.pid, b.pid])
 
@@ -206,9 +210,9 @@ def haproxy(ctx, mode):
         f"frontend fe\n  bind 127.0.0.1:{a_port}{' proto h2' if h2 else ''}\n  default_backend peer\n"
         f"backend peer\n  server b {topo.b_ip}:{b_port} ssl crt {work}/client/haproxy.pem ca-file {ca}/root-cert.pem "
         f"verify required{' alpn h2' if h2 else ''}\n")
-    b = ctx.procs.start("haproxy-b", ["haproxy", "-db", "-f", work / "haproxy-b.cfg"], topo.place("b"))
+    b = ctx.procs.start("haproxy-b", [*ctx.wrap, "haproxy", "-db", "-f", work / "haproxy-b.cfg"], topo.place("b"))
     ctx.procs.wait_listen(b, b_port)
-    a = ctx.procs.start("haproxy-a", ["haproxy", "-db", "-f", work / "haproxy-a.cfg"], topo.place("a"))
+    a = ctx.procs.start("haproxy-a", [*ctx.wrap, "haproxy", "-db", "-f", work / "haproxy-a.cfg"], topo.place("a"))
     ctx.procs.wait_listen(a, a_port)
     return target(ctx, mode, a_port, [a.pid, b.pid])
 

@@ -2,7 +2,7 @@
 python3 -m unittest discover -s bench/lib -t bench  (./scripts/test runs it; well under a second)."""
 import unittest
 
-from lib import load, preflight, report, topology, trials
+from lib import callgrind, load, preflight, report, topology, trials
 
 WRK = """Running 1s test @ http://127.0.0.1:8080/
   1 threads and 16 connections
@@ -149,3 +149,42 @@ class OrderFileTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+DUMP = """# callgrind format
+version: 1
+positions: instr line
+events: Ir
+summary: 1250
+
+ob=(1) /bin/proxy
+fl=(1) a.rs
+fn=(1) hot
+0x1000 10 400
++4 11 400
+cob=(2) /lib/libc.so
+cfi=(2) b.c
+cfn=(2) memcpy
+calls=100 0x9000 1
++3 12 999
++2 13
+fn=(3) cold
+0x1040 20 2
+ob=(2)
+fl=(2)
+fn=(2)
+0x9000 1 448
+"""
+
+
+class CallgrindTest(unittest.TestCase):
+    def test_own_costs_and_lines_of_code(self):
+        d = callgrind.Dump(DUMP)
+        self.assertEqual(d.total, 1250)
+        # The call's inclusive 999 is memcpy's, counted where memcpy's own lines are.
+        self.assertEqual(d.functions, {"hot": 800, "cold": 2, "memcpy": 448})
+        self.assertEqual(sum(d.functions.values()), d.total)
+        self.assertEqual(d.code[("/bin/proxy", 0x1009)], 0)
+        # 100 requests: hot's line (0x1000) and memcpy's ran every request, cold's did not.
+        self.assertEqual(d.code_lines(100), 2)
+        self.assertEqual(d.code_lines(100, share=0.01), 3)
