@@ -1,5 +1,6 @@
 """The Markdown report: the machine, one section per mode (fixed rate, maximum throughput),
 the issue's targets with ✓/✗, and what went wrong."""
+from . import trials
 from .trials import SPREAD
 
 MODES = {
@@ -207,7 +208,31 @@ def spread(results):
     return "\n".join(lines) + "\n"
 
 
-def markdown(results, meta, chart_name=None):
+def paired(each_trial):
+    """With several trials: at the fixed rate, in how many trials each contender's p99 was below
+    nginx's and haproxy's in the same trial. Medians of separate trials can hide which way the
+    trials went; this counts them."""
+    pairs = trials.paired(each_trial or [])
+    if not pairs:
+        return ""
+    lines = ["## Trial by trial at 1,000 req/s\n",
+             "Each contender's p99 against nginx's and haproxy's from the same trial: the trials where it was "
+             "lower, and the median of the differences (that of the added p99s: direct's cancels).\n",
+             "| mode | contender | below nginx's | median Δ p99 vs nginx | below haproxy's | median Δ p99 vs haproxy |",
+             "|---|---|---|---|---|---|"]
+    for (mode, name), peers in pairs.items():
+        cells = []
+        for peer in ("nginx", "haproxy"):
+            if peer in peers:
+                below, n, diff = peers[peer]
+                cells += [f"{below} of {n}", f"{diff * 1000:+.0f} µs"]
+            else:
+                cells += ["–", "–"]
+        lines.append(f"| {mode} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results, meta, chart_name=None, each_trial=None):
     m = by_mode(results)
     out = [f"# Trellis benchmark {meta['stamp']} ({meta['topology']})\n",
            "| | |\n|---|---|"]
@@ -227,5 +252,6 @@ def markdown(results, meta, chart_name=None):
         out.append(max_table(m[mode]) + "\n")
     out.append(targets(results, meta["topology"]))
     out.append(spread(results))
+    out.append(paired(each_trial))
     out.append(problems(results))
     return "\n".join(s for s in out if s is not None)

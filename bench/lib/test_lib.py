@@ -188,3 +188,24 @@ class CallgrindTest(unittest.TestCase):
         # 100 requests: hot's line (0x1000) and memcpy's ran every request, cold's did not.
         self.assertEqual(d.code_lines(100), 2)
         self.assertEqual(d.code_lines(100, share=0.01), 3)
+
+
+class PairedTest(unittest.TestCase):
+    def test_trials_are_compared_within_each_trial(self):
+        def r(name, p99, failed=False):
+            out = {"name": name, "mode": "l7", "fixed": {"latency_ms": {"p99": p99}}}
+            if failed:
+                out["failed"] = "x"
+            return out
+        # Trial 2 is slow for everyone: the medians (0.40 against 0.35) would say trellis
+        # lost, trial by trial it won two of three.
+        each = [r("direct", 0.1), r("trellis", 0.30), r("nginx", 0.32), r("haproxy", 0.2),
+                r("direct", 0.5), r("trellis", 0.90), r("nginx", 0.95), r("haproxy", 0.3),
+                r("direct", 0.1), r("trellis", 0.40), r("nginx", 0.35), r("haproxy", 0.2, failed=True)]
+        pairs = trials.paired(each)
+        below, n, diff = pairs[("l7", "trellis")]["nginx"]
+        self.assertEqual((below, n), (2, 3))
+        self.assertAlmostEqual(diff, -0.02)
+        # haproxy failed one trial: two are compared, trellis was above in both.
+        self.assertEqual(pairs[("l7", "trellis")]["haproxy"][:2], (0, 2))
+        self.assertIn("2 of 3", report.paired(each))

@@ -66,3 +66,28 @@ def median_of(values):
     if all(isinstance(v, list) and len(v) == len(first) for v in values):
         return [median_of([v[i] for v in values]) for i in range(len(first))]
     return first
+
+
+def paired(each_trial, peers=("nginx", "haproxy")):
+    """Trial by trial at the fixed rate: each contender's p99 against each peer's measured in
+    the same trial (the i-th result of each, as the trials interleave), so that the machine's
+    drift between trials cancels. {(mode, name): {peer: (trials below the peer's, trials
+    compared, median difference in ms)}}; the difference of two p99s is that of the two added
+    p99s (direct's cancels)."""
+    groups = {}
+    for r in each_trial:
+        groups.setdefault((r["mode"], r["name"]), []).append(r)
+    path = ("fixed", "latency_ms", "p99")
+    out = {}
+    for (mode, name), rs in groups.items():
+        if name == "direct" or name in peers:
+            continue
+        for peer in peers:
+            diffs = []
+            for a, b in zip(rs, groups.get((mode, peer), [])):
+                va, vb = dig(a, path), dig(b, path)
+                if "failed" not in a and "failed" not in b and isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+                    diffs.append(va - vb)
+            if len(diffs) > 1:
+                out.setdefault((mode, name), {})[peer] = (sum(d < 0 for d in diffs), len(diffs), statistics.median(diffs))
+    return out
