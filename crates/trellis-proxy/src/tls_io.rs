@@ -4,22 +4,19 @@
 //! it, and tokio-rustls makes each such write a TLS record and a system call: a proxy that
 //! answered sixteen 1 KiB responses in one turn made sixteen `writev`s to its peer (strace),
 //! and the peer sixteen reads. Here, after the handshake (which tokio-rustls still does), a
-//! write only encrypts into rustls's buffer, and the records go out in one `writev` at the
-//! flush that ends the connection's turn.
+//! write only encrypts into rustls's buffer, and a flush only notes that records are owed and
+//! wakes the task. The owed records go out together when the connection next reads, which h2
+//! does first thing each time the connection is polled: after the other tasks that were ready
+//! have run, so everything they answered in the meantime goes in the same `writev`. Nothing
+//! waits for a timer. A full buffer (rustls's 64 KiB) is written at once, and shutdown
+//! writes everything before the close.
 //!
-//! Which flush that is, h2's `FramedWrite` tells by how it writes: a DATA frame of 256 bytes
-//! or more goes as two slices (the frame head in h2's buffer, the payload chained to it) and
-//! is flushed at once, and more frames may follow; the flush that ends `Streams::poll_complete`
-//! (each poll of the connection ends with it) writes only h2's own buffer, one slice. So a
-//! flush after a chained write leaves the records owed; any other flush writes them. Nothing
-//! waits for a timer; a full buffer (rustls's 64 KiB) is written at once; the next read writes
-//! anything owed (rustls's own records: tickets, key updates); shutdown writes everything
-//! before the close.
-//!
-//! Until 2026-11-27 every flush only noted the records owed and woke the task, and the next
-//! poll's read wrote them. At 1,000 req/s that was an extra poll of the HTTP/2 connection per
-//! request on each proxy, on the request's path: h2 ran its read, its timers and its queues
-//! once more before the bytes left (see bench/README.md, tenth session).
+//! At 1,000 req/s that wake is one more poll of the HTTP/2 connection per request on each
+//! proxy before the bytes leave. Writing at the flush that ends h2's turn instead (h2's chained
+//! DATA frames tell it apart) was tried on 2026-11-27: 1-2 % fewer instructions at that rate,
+//! no difference in latency that 36 paired trials could show, a little more CPU per request in
+//! most of them, and 10 % off the L4 maximum (smaller writes); not kept (bench/README.md,
+//! tenth session).
 
 use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
@@ -33,8 +30,6 @@ pub(crate) struct TlsIo<IO> {
     conn: rustls::Connection,
     /// close_notify has been queued.
     closing: bool,
-    /// A chained write (two or more slices) since the last flush: h2 will flush again.
-    chained: bool,
 }
 
 impl<IO> std::fmt::Debug for TlsIo<IO> {
@@ -59,7 +54,6 @@ impl<IO> TlsIo<IO> {
             io,
             conn,
             closing: false,
-            chained: false,
         }
     }
 }
@@ -165,14 +159,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let slices = bufs.iter().filter(|b| !b.is_empty()).count();
-        if slices == 0 {
+        if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
         }
         loop {
             let n = this.conn.writer().write_vectored(bufs)?;
             if n > 0 {
-                this.chained |= slices > 1;
                 return Poll::Ready(Ok(n));
             }
             ready!(this.poll_write_tls(cx))?;
@@ -183,15 +175,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<IO> {
         true
     }
 
-    /// After a chained write: owed, the flush that ends h2's turn writes it. Otherwise
-    /// written now (see the module's note). A full socket: pending, its writability wakes
-    /// the task.
+    /// Owed, not written: the next read writes it (see the module's note). The wake makes
+    /// sure there is a next poll even when nothing arrives.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if std::mem::take(&mut this.chained) {
-            return Poll::Ready(Ok(()));
+        if self.conn.wants_write() {
+            cx.waker().wake_by_ref();
         }
-        this.poll_write_tls(cx)
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -353,8 +343,8 @@ mod tests {
         echo.await.unwrap();
     }
 
-    /// A flush sends what was written, with no read after it. Then a shutdown writes what
-    /// is left and closes cleanly.
+    /// A flush with nothing more to do still sends: the task is woken, and its next read
+    /// writes what the flush owed. Then a shutdown writes what is left and closes cleanly.
     #[tokio::test]
     async fn a_flush_is_answered_and_a_shutdown_writes_the_rest() {
         let (mut client, mut server) = connected("flush").await;
@@ -391,35 +381,5 @@ mod tests {
             rest.len(),
             tail.len()
         );
-    }
-
-    /// h2's turn: a DATA frame chained to the frame head (two slices) and a flush after it,
-    /// which leaves the record owed; then a small frame (one slice) and the flush that ends
-    /// the turn, which writes both, in order.
-    #[tokio::test]
-    async fn a_chained_frame_waits_for_the_flush_that_ends_the_turn() {
-        use std::io::IoSlice;
-        let (mut client, mut server) = connected("chained").await;
-        let payload = pattern(1024);
-        let written = client
-            .write_vectored(&[IoSlice::new(b"head"), IoSlice::new(&payload)])
-            .await
-            .unwrap();
-        assert_eq!(written, 4 + payload.len());
-        client.flush().await.unwrap();
-        let mut buf = [0; 1];
-        let early = tokio::time::timeout(Duration::from_millis(200), server.read(&mut buf)).await;
-        assert!(early.is_err(), "the flush after the chained frame sent it");
-        client.write_all(b"tail").await.unwrap();
-        client.flush().await.unwrap();
-        let mut got = vec![0; 4 + payload.len() + 4];
-        tokio::time::timeout(Duration::from_secs(10), server.read_exact(&mut got))
-            .await
-            .expect("the turn's last flush sent everything")
-            .unwrap();
-        let mut want = b"head".to_vec();
-        want.extend_from_slice(&payload);
-        want.extend_from_slice(b"tail");
-        assert!(got == want, "the bytes arrived changed or out of order");
     }
 }
