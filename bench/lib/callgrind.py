@@ -15,10 +15,12 @@ _POS = re.compile(r"^(0x[0-9a-fA-F]+|[+-]\d+|\*|\d+)$")
 
 class Dump:
     """One callgrind dump: `functions` {name: own instructions}, `code` {(object, address): own
-    instructions} (empty unless the dump has instruction positions), `total` (the summary)."""
+    instructions} (empty unless the dump has instruction positions), `total` (the summary), and
+    `complete`: the `totals:` line, which callgrind writes last, was there."""
 
     def __init__(self, text):
         self.functions, self.code, self.total = {}, {}, 0
+        self.complete = False
         names = {"ob": {}, "fn": {}}
         positions = ["line"]
         obj = fn = None
@@ -30,6 +32,7 @@ class Dump:
                 continue
             if line.startswith(("summary:", "totals:")):
                 self.total = int(line.split()[1])
+                self.complete |= line.startswith("totals:")
                 continue
             m = _NAME.match(line)
             if m:
@@ -65,10 +68,6 @@ class Dump:
             if positions[0] == "instr":
                 key = (obj, addr)
                 self.code[key] = self.code.get(key, 0) + cost
-
-    def hottest(self):
-        """Function names by own instructions, hottest first."""
-        return sorted(self.functions, key=lambda n: -self.functions[n])
 
     def code_lines(self, requests, share=0.5):
         """Distinct 64-byte lines of code with an instruction that ran at least `share` times per

@@ -181,6 +181,9 @@ class CallgrindTest(unittest.TestCase):
     def test_own_costs_and_lines_of_code(self):
         d = callgrind.Dump(DUMP)
         self.assertEqual(d.total, 1250)
+        # No `totals:` line (callgrind writes it last): still being written.
+        self.assertFalse(d.complete)
+        self.assertTrue(callgrind.Dump(DUMP + "totals: 1250\n").complete)
         # The call's inclusive 999 is memcpy's, counted where memcpy's own lines are.
         self.assertEqual(d.functions, {"hot": 800, "cold": 2, "memcpy": 448})
         self.assertEqual(sum(d.functions.values()), d.total)

@@ -217,15 +217,19 @@ fn left_running(state: &Path) -> Vec<String> {
 #[test]
 fn the_demo_comes_up_serves_the_ingress_and_stops_cleanly() {
     a_killed_up_leaves_nothing_running();
+    // `up` gives back the THP setting it was started with before it starts workloads' own
+    // commands, which inherit it; its proxies turn THP off for themselves. Started with THP
+    // allowed (whatever the test runner had), so that keeping the proxy's setting (off) shows.
+    rustix::thread::disable_transparent_huge_pages(false).expect("prctl(PR_SET_THP_DISABLE, 0)");
+    assert_eq!(
+        thp_enabled(std::process::id()),
+        Some(true),
+        "THP_enabled of this test"
+    );
     let mut up = Up::start();
-
-    // `up` gives back the THP setting it was started with (this test's) before it starts
-    // workloads' own commands, which inherit it; its proxies turn THP off for themselves.
-    let ours = thp_enabled(std::process::id());
-    assert!(ours.is_some(), "no THP_enabled in /proc/self/status");
     assert_eq!(
         thp_enabled(up.process.pid()),
-        ours,
+        Some(true),
         "THP_enabled of trellis up: the workloads it starts would inherit the proxy's setting"
     );
 
