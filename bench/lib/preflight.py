@@ -71,7 +71,7 @@ def target_dir(root):
     return (root / env) if env else root / "target"
 
 
-def build(root):
+def build(root, pgo=False):
     # Two builds, not one: built together, the load generator would change the features (and
     # so the symbol names) of the dependencies it shares with trellis, the binary would differ
     # from what `cargo run --release -- up` builds, and the linker's function order
@@ -79,6 +79,9 @@ def build(root):
     say("cargo build --release (trellis and trellis-proxy; then trellis-loadgen)")
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis"], cwd=root, check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis-loadgen"], cwd=root, check=True)
+    if pgo:
+        say("scripts/build-pgo (instrumented build, training, profile-guided build: about 10 minutes)")
+        subprocess.run([root / "scripts" / "build-pgo"], cwd=root, check=True)
 
 
 # A fresh list has all but a handful of its Rust names in the binary (2026-11-27: 1,694 of
