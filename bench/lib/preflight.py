@@ -80,7 +80,7 @@ def build(root, pgo=False):
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis"], cwd=root, check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis-loadgen"], cwd=root, check=True)
     if pgo:
-        say("scripts/build-pgo (instrumented build, training, profile-guided build: about 10 minutes)")
+        say("scripts/build-pgo (instrumented build, training, profile-guided build: about 11 minutes)")
         subprocess.run([root / "scripts" / "build-pgo"], cwd=root, check=True)
 
 
