@@ -80,7 +80,7 @@ def build(root, pgo=False):
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis"], cwd=root, check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "trellis-loadgen"], cwd=root, check=True)
     if pgo:
-        say("scripts/build-pgo (instrumented build, training, profile-guided build: about 11 minutes)")
+        say("scripts/build-pgo (instrumented build, training, profile-guided build, its function order: 12-15 minutes)")
         subprocess.run([root / "scripts" / "build-pgo"], cwd=root, check=True)
 
 
@@ -99,19 +99,24 @@ def order_coverage(listed, present):
     return (sum(n in present for n in rust), len(rust), sum(n in present for n in other), len(other))
 
 
-def order_file(root, binary):
+def order_file(root, binary, path=None):
     """The "linker order" line of a run's facts, starting with STALE when the list no longer
-    matches the code: a stale list raises the proxies' RSS and moves their CPU figures."""
-    listed = [n for n in (root / "crates/trellis/hot-functions.txt").read_text().splitlines() if n]
+    matches the code: a stale list raises the proxies' RSS and moves their CPU figures. `path`:
+    another list than crates/trellis/hot-functions.txt (scripts/build-pgo makes its own)."""
+    own = path is None
+    path = path or root / "crates/trellis/hot-functions.txt"
+    listed = [n for n in path.read_text().splitlines() if n]
     nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True)
     if nm.returncode != 0:
         return "unknown (nm failed)"
     present = {line.split()[-1] for line in nm.stdout.splitlines() if line.strip()}
     rust_found, rust, other_found, other = order_coverage(listed, present)
-    line = (f"{rust_found} of the {rust} Rust functions in crates/trellis/hot-functions.txt are in trellis-proxy "
+    name = path.relative_to(root) if path.is_relative_to(root) else path
+    line = (f"{rust_found} of the {rust} Rust functions in {name} are in trellis-proxy "
             f"(and {other_found} of {other} C functions: aws-lc's are, libc's never)")
     if rust and rust_found < ORDER_FRESH * rust:
+        again = ("bench/instructions --mode l7 --mode l4 --mode h2 --order-file crates/trellis/hot-functions.txt, "
+                 "then rebuild" if own else "scripts/build-pgo")
         line = (f"STALE: {line}; the code changed since the list was made, so idle RSS and CPU read high. "
-                f"Regenerate: bench/instructions --mode l7 --mode l4 --mode h2 --order-file "
-                f"crates/trellis/hot-functions.txt, then rebuild")
+                f"Regenerate: {again}")
     return line

@@ -16,6 +16,9 @@ use std::env;
 fn main() {
     println!("cargo:rerun-if-changed=hot-functions.txt");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
+    // Another list for another build: scripts/build-pgo links the profile-guided binaries with
+    // one made from them (PGO inlines otherwise, so their names differ from this list's).
+    println!("cargo:rerun-if-env-changed=TRELLIS_ORDER_FILE");
     let release = env::var("PROFILE").as_deref() == Ok("release");
     let target = env::var("TARGET").unwrap_or_default();
     // Another linker (set by the user's flags) may not know the option: leave it alone then.
@@ -24,10 +27,15 @@ fn main() {
     if !release || target != "x86_64-unknown-linux-gnu" || own_linker || !lld_by_default() {
         return;
     }
-    let Ok(dir) = env::var("CARGO_MANIFEST_DIR") else {
-        return;
+    let list = match env::var("TRELLIS_ORDER_FILE") {
+        Ok(list) if !list.is_empty() => list,
+        _ => match env::var("CARGO_MANIFEST_DIR") {
+            Ok(dir) => format!("{dir}/hot-functions.txt"),
+            Err(_) => return,
+        },
     };
-    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/hot-functions.txt");
+    println!("cargo:rerun-if-changed={list}");
+    println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={list}");
     println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
 }
 
