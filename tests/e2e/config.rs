@@ -197,6 +197,24 @@ fn missing_config_file_exits_2_naming_the_file() {
     );
 }
 
+/// A time slice the kernel would not take is a usage error, before anything starts.
+#[test]
+fn sched_slice_outside_the_kernels_range_exits_2() {
+    for value in ["50", "100001", "fast"] {
+        let mut command = trellis().command();
+        command
+            .args(["proxy", "--config", "/nonexistent.yaml", "--sched-slice-us"])
+            .arg(value);
+        let out = run("trellis proxy", command, Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{value}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--sched-slice-us") && out.stderr.contains(value),
+            "{value}: names the flag and the value\n{}",
+            out.stderr
+        );
+    }
+}
+
 /// The sidecar binary `trellis-proxy` is `trellis proxy` on its own: the same flags, the same
 /// config errors, and a good config serves.
 #[test]

@@ -67,6 +67,66 @@ fn proxies_run_with_transparent_huge_pages_off() {
     }
 }
 
+/// A thread's time slice in ns, from `/proc/PID/task/TID/sched` (`se.slice`: Linux ≥ 6.12
+/// with scheduler statistics); None where the kernel does not show it.
+fn slice_ns(pid: u32, tid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("se.slice"))
+        .and_then(|rest| rest.trim_start_matches([' ', ':']).trim().parse().ok())
+}
+
+/// The threads of `pid` and their names.
+fn threads(pid: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .map(|tid: u32| {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+            (tid, comm.trim().to_owned())
+        })
+        .collect()
+}
+
+/// A proxy asks the kernel for a 100 µs time slice for its threads (`--sched-slice-us`,
+/// default 100): the main thread and the runtime's workers carry it. `--sched-slice-us 0`
+/// leaves the kernel's default.
+#[test]
+fn proxies_ask_for_a_short_cpu_time_slice() {
+    let own = std::process::id();
+    let Some(default) = slice_ns(own, own) else {
+        eprintln!(
+            "skipped: this kernel does not show a thread's time slice in /proc/PID/task/TID/sched \
+             (Linux < 6.12 or no scheduler statistics), so there is nothing to read back"
+        );
+        return;
+    };
+    let chain = Chain::builder(&trellis())
+        .service(ServiceSpec::new("web", 80, "http", Target::Meshed(1)))
+        .a_arg("--sched-slice-us")
+        .a_arg("0")
+        .start();
+    let (a, b) = (chain.a.pid(), chain.b.pid());
+    assert_eq!(slice_ns(b, b), Some(100_000), "proxy B's main thread");
+    let workers: Vec<_> = threads(b)
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("tokio-runtime"))
+        .map(|(tid, _)| slice_ns(b, tid))
+        .collect();
+    // Blocking-pool threads started later keep the default; the workers exist from the start.
+    assert!(
+        workers.is_empty() || workers.contains(&Some(100_000)),
+        "proxy B's runtime threads: {workers:?}"
+    );
+    assert_eq!(
+        slice_ns(a, a),
+        Some(default),
+        "proxy A (--sched-slice-us 0)"
+    );
+}
+
 #[test]
 fn sigterm_drains_in_flight_request_then_exits_0() {
     if !require_tool("curl") || !require_tool("kill") {

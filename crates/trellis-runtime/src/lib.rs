@@ -3,6 +3,7 @@
 //! - [`drain`]: graceful shutdown; one [`DrainTrigger`], a [`DrainWatcher`] in every listener
 //!   and connection.
 //! - [`signal`]: SIGTERM means drain, SIGINT (Ctrl-C) means fast stop.
+//! - [`sched`]: a short CPU time slice for the proxy's threads (Linux ≥ 6.12).
 //! - [`telemetry`]: the stderr log with a run-time adjustable level, and the JSON access log on
 //!   stdout.
 //! - [`admin`]: the admin HTTP server: `/live`, `/ready`, `/logging`, plus the application's
@@ -37,6 +38,7 @@
 
 pub mod admin;
 pub mod drain;
+pub mod sched;
 pub mod signal;
 pub mod telemetry;
 

@@ -23,6 +23,53 @@ pub(crate) struct ProxyArgs {
     /// Do not write the JSON access log to stdout.
     #[arg(long)]
     no_access_log: bool,
+    /// The CPU time slice the proxy's threads ask the kernel for, in microseconds: 100 to
+    /// 100000, or 0 for the kernel's default (Linux ≥ 6.12; older kernels ignore it). A short
+    /// slice takes no more CPU; a woken proxy gets a busy core sooner (bench/README.md,
+    /// "twelfth session").
+    #[arg(long, env = "TRELLIS_SCHED_SLICE_US", default_value_t = 100, value_parser = parse_slice)]
+    sched_slice_us: u64,
+}
+
+fn parse_slice(text: &str) -> Result<u64, String> {
+    let micros: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of microseconds"))?;
+    let (min, max) = (
+        trellis_runtime::sched::MIN_SLICE.as_micros(),
+        trellis_runtime::sched::MAX_SLICE.as_micros(),
+    );
+    if micros != 0 && !(min..=max).contains(&u128::from(micros)) {
+        return Err(format!(
+            "{micros} µs is outside the kernel's range ({min} to {max}; 0 for its default)"
+        ));
+    }
+    Ok(micros)
+}
+
+/// Asks for the configured slice for every thread the runtime has started; a failure costs
+/// latency under CPU contention, not correctness, so it is logged and the proxy goes on.
+fn apply_slice(micros: u64) {
+    if micros == 0 {
+        return;
+    }
+    match trellis_runtime::sched::set_slice(std::time::Duration::from_micros(micros)) {
+        Ok(outcome) if outcome.honoured => {
+            tracing::debug!(
+                micros,
+                threads = outcome.threads,
+                skipped = outcome.skipped,
+                "CPU time slice set"
+            )
+        }
+        Ok(_) => tracing::info!(
+            micros,
+            "this kernel ignores a thread's own time slice (Linux < 6.12): running with its default"
+        ),
+        Err(error) => {
+            tracing::warn!(micros, %error, "cannot set the CPU time slice: running with the kernel's default")
+        }
+    }
 }
 
 pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
@@ -52,6 +99,7 @@ pub(crate) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         access_log: !args.no_access_log,
     })?;
     tracing::info!(config = %file, node = %config.node.name, services = config.services.len(), "starting proxy");
+    apply_slice(args.sched_slice_us);
     tracing::debug!(config = ?config, "effective config");
     let grace = config.timeouts.drain;
 
