@@ -2,6 +2,8 @@
 //! the peer's SPIFFE identity checked against what the config expects (secure naming) and
 //! recorded in telemetry; STRICT refuses plaintext, PERMISSIVE takes both.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use trellis_test_support::{ControlProcess, Curl, DemoApp, ProxyProcess, TestDir, run};
@@ -79,7 +81,7 @@ app: {{ ports: [ {{ port: {port}, protocol: http }} ] }}
 fn client(
     pki: &Pki,
     app: &DemoApp,
-    b: &ProxyProcess,
+    mesh: SocketAddr,
     identity: Option<&str>,
     expect: Option<&str>,
 ) -> ProxyProcess {
@@ -102,7 +104,6 @@ services:
         workload: web{expect}
 {identity}",
             port = app.http_port(),
-            mesh = b.mesh(),
             identity = identity.map(|sa| pki.identity(sa)).unwrap_or_default(),
         ),
     )
@@ -123,7 +124,7 @@ fn mutual_tls_between_proxies_records_both_identities() {
     let pki = Pki::new();
     let app = DemoApp::start(&trellis(), "web");
     let b = server(&pki, &app, "strict");
-    let a = client(&pki, &app, &b, Some("client"), Some("web"));
+    let a = client(&pki, &app, b.mesh(), Some("client"), Some("web"));
     let out = get(&a);
     assert_eq!(
         out.code,
@@ -160,6 +161,68 @@ fn mutual_tls_between_proxies_records_both_identities() {
     }
 }
 
+/// A TCP relay to `to` that holds each connection's first bytes from the caller for `delay`
+/// after it has connected onward: a peer on a busy node, slow to send its ClientHello.
+fn slow_relay(to: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("relay address");
+    std::thread::spawn(move || {
+        for caller in listener.incoming() {
+            let Ok(caller) = caller else { return };
+            std::thread::spawn(move || relay(caller, to, delay));
+        }
+    });
+    addr
+}
+
+fn relay(caller: TcpStream, to: SocketAddr, delay: Duration) {
+    let Ok(server) = TcpStream::connect(to) else {
+        return;
+    };
+    let (Ok(mut caller_r), Ok(mut server_w)) = (caller.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let (mut server_r, mut caller_w) = (server, caller);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut server_r, &mut caller_w);
+        let _ = caller_w.shutdown(Shutdown::Write);
+    });
+    let mut first = [0u8; 16 * 1024];
+    let Ok(n) = caller_r.read(&mut first) else {
+        return;
+    };
+    std::thread::sleep(delay);
+    if server_w.write_all(&first[..n]).is_ok() {
+        let _ = std::io::copy(&mut caller_r, &mut server_w);
+    }
+    let _ = server_w.shutdown(Shutdown::Write);
+}
+
+/// The mesh port waits for a slow peer's handshake as long as for any request's headers:
+/// only proxies call it, and they speak first, so the app ports' short protocol-detection
+/// timeout (200 ms) does not apply. It once did, and a peer on a loaded machine that took
+/// longer than that to send its ClientHello was taken for opaque TCP and closed mid-handshake.
+#[test]
+fn a_peer_slow_to_send_its_client_hello_is_still_served() {
+    if !trellis_test_support::require_tool("curl") {
+        return;
+    }
+    let pki = Pki::new();
+    let app = DemoApp::start(&trellis(), "web");
+    let b = server(&pki, &app, "strict");
+    let late = slow_relay(b.mesh(), Duration::from_millis(600));
+    let a = client(&pki, &app, late, Some("client"), Some("web"));
+    let out = get(&a);
+    assert_eq!(
+        out.code,
+        200,
+        "{}{}{}",
+        out.describe(),
+        a.diagnostics(),
+        b.diagnostics()
+    );
+}
+
 #[test]
 fn a_peer_with_the_wrong_identity_is_refused() {
     if !trellis_test_support::require_tool("curl") {
@@ -169,7 +232,7 @@ fn a_peer_with_the_wrong_identity_is_refused() {
     let app = DemoApp::start(&trellis(), "web");
     let b = server(&pki, &app, "strict");
     // A expects `other` behind that address: B's certificate says `web`.
-    let a = client(&pki, &app, &b, Some("client"), Some("other"));
+    let a = client(&pki, &app, b.mesh(), Some("client"), Some("other"));
     let out = get(&a);
     assert_eq!(out.code, 503, "{}{}", out.describe(), a.diagnostics());
     assert!(
@@ -195,7 +258,7 @@ fn strict_refuses_plaintext_and_permissive_takes_both() {
 
     // STRICT: a caller without mTLS gets nothing through.
     let strict = server(&pki, &app, "strict");
-    let plain = client(&pki, &app, &strict, None, None);
+    let plain = client(&pki, &app, strict.mesh(), None, None);
     let out = get(&plain);
     assert_ne!(out.code, 200, "{}", out.describe());
     let refused = trellis_test_support::wait_until(Duration::from_secs(10), || {
@@ -208,7 +271,7 @@ fn strict_refuses_plaintext_and_permissive_takes_both() {
 
     // PERMISSIVE: plaintext and mTLS callers both reach the app.
     let permissive = server(&pki, &app, "permissive");
-    let plain = client(&pki, &app, &permissive, None, None);
+    let plain = client(&pki, &app, permissive.mesh(), None, None);
     let out = get(&plain);
     assert_eq!(
         out.code,
@@ -217,7 +280,7 @@ fn strict_refuses_plaintext_and_permissive_takes_both() {
         out.describe(),
         permissive.diagnostics()
     );
-    let secure = client(&pki, &app, &permissive, Some("client"), Some("web"));
+    let secure = client(&pki, &app, permissive.mesh(), Some("client"), Some("web"));
     let out = get(&secure);
     assert_eq!(
         out.code,
@@ -513,7 +576,7 @@ fn root_rotation_keeps_traffic_flowing() {
 
     let app = DemoApp::start(&t, "web");
     let b = server(&pki, &app, "strict"); // new chain, both roots
-    let a = client(&pki, &app, &b, Some("client"), Some("web")); // old chain, both roots
+    let a = client(&pki, &app, b.mesh(), Some("client"), Some("web")); // old chain, both roots
     let out = get(&a);
     assert_eq!(
         out.code,

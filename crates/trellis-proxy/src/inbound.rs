@@ -72,7 +72,12 @@ impl Inbound {
         let t = snapshot.timeouts;
         let local = stream.local_addr().unwrap_or(client);
         let addrs = ConnAddrs { client, local };
-        let (protocol, io) = match detect(stream, t.detect).await {
+        // As on the explicit proxy port (outbound.rs): only peer proxies call here and they
+        // speak first (a ClientHello or the HTTP/2 preface), so no server-first protocol needs
+        // the short `detect` timeout and nothing falls back to TCP. A peer slow to send its
+        // first bytes (a busy node) waits up to the header timeout instead of being taken for
+        // opaque TCP and closed mid-handshake.
+        let (protocol, io) = match detect(stream, t.header.max(t.detect)).await {
             Ok(detected) => detected,
             Err(error) => {
                 tracing::debug!(%error, "mesh connection closed before it spoke");
