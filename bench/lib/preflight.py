@@ -21,9 +21,26 @@ def tools(modes, netns, pin):
         need.update(ip="iproute2", iptables="iptables")
     if pin != "none":
         need["taskset"] = "util-linux"
-    missing = [pkg for tool, pkg in need.items() if not shutil.which(tool)]
-    if missing:
-        sys.exit(f"bench: missing tools: apt-get install {' '.join(sorted(set(missing)))}")
+    missing = sorted({pkg for tool, pkg in need.items() if not shutil.which(tool)})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"bench: missing tools and not root: apt-get install {' '.join(missing)}")
+    say(f"installing the contenders and load generators from Debian's packages: {' '.join(missing)}")
+    apt_install(missing)
+    still = sorted({pkg for tool, pkg in need.items() if not shutil.which(tool)})
+    if still:
+        sys.exit(f"bench: installing {' '.join(still)} with apt-get failed (see above)")
+
+
+def apt_install(packages):
+    """apt-get install, with an `apt-get update` and a second try when the package lists are
+    missing or stale (a fresh machine has none)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    if subprocess.run(install, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env)
+        subprocess.run(install, env=env)
 
 
 def stream_module():
@@ -34,11 +51,7 @@ def stream_module():
         return f"nginx has no stream module ({STREAM_MODULE}): apt-get install libnginx-mod-stream (nginx runs without L4)"
     say("nginx has no stream module (nginx-light leaves it out) and the L4 run needs it: "
         "installing libnginx-mod-stream with apt-get")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "libnginx-mod-stream"]
-    if subprocess.run(install, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env)
-        subprocess.run(install, env=env)
+    apt_install(["libnginx-mod-stream"])
     if not STREAM_MODULE.exists():
         return f"installing libnginx-mod-stream failed: nginx runs without L4"
     return None
