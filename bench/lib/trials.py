@@ -9,7 +9,9 @@ import statistics
 # The figures whose range across trials the report shows: (label, path into a result).
 SPREAD = (("req/s", ("rps",)), ("proxy CPU µs/req", ("proxy_cpu_us_per_req",)),
           ("p99 ms", ("latency_ms", "p99")), ("fixed-rate p99 ms", ("fixed", "latency_ms", "p99")),
-          ("fixed-rate proxy CPU µs/req", ("fixed", "proxy_cpu_us_per_req")))
+          ("fixed-rate proxy CPU µs/req", ("fixed", "proxy_cpu_us_per_req")),
+          # The host's share: a trial with high steal is a reading of the hypervisor's load.
+          ("CPU steal %", ("steal_pct",)))
 
 
 def fold(results):
