@@ -85,6 +85,18 @@ fn client(
     identity: Option<&str>,
     expect: Option<&str>,
 ) -> ProxyProcess {
+    client_with(pki, app, mesh, identity, expect, "")
+}
+
+/// `client` with more top-level config (`extra`, YAML lines).
+fn client_with(
+    pki: &Pki,
+    app: &DemoApp,
+    mesh: SocketAddr,
+    identity: Option<&str>,
+    expect: Option<&str>,
+    extra: &str,
+) -> ProxyProcess {
     let expect = expect
         .map(|sa| format!("\n        identity: {}", id(sa)))
         .unwrap_or_default();
@@ -102,6 +114,7 @@ services:
         ports: {{ http: {port} }}
         mesh: {mesh}
         workload: web{expect}
+{extra}
 {identity}",
             port = app.http_port(),
             identity = identity.map(|sa| pki.identity(sa)).unwrap_or_default(),
@@ -211,7 +224,16 @@ fn a_peer_slow_to_send_its_client_hello_is_still_served() {
     let app = DemoApp::start(&trellis(), "web");
     let b = server(&pki, &app, "strict");
     let late = slow_relay(b.mesh(), Duration::from_millis(600));
-    let a = client(&pki, &app, late, Some("client"), Some("web"));
+    // A's connect timeout (1 s by default) covers the handshake: the held-back ClientHello
+    // must not run into it on a loaded machine.
+    let a = client_with(
+        &pki,
+        &app,
+        late,
+        Some("client"),
+        Some("web"),
+        "timeouts: { connect: 10s }",
+    );
     let out = get(&a);
     assert_eq!(
         out.code,
