@@ -129,6 +129,19 @@ fn get(a: &ProxyProcess) -> trellis_test_support::CurlOutput {
         .run()
 }
 
+/// `get` through A, which must answer 200; on failure, both proxies' logs.
+fn get_ok(a: &ProxyProcess, b: &ProxyProcess) {
+    let out = get(a);
+    assert_eq!(
+        out.code,
+        200,
+        "{}{}{}",
+        out.describe(),
+        a.diagnostics(),
+        b.diagnostics()
+    );
+}
+
 #[test]
 fn mutual_tls_between_proxies_records_both_identities() {
     if !trellis_test_support::require_tool("curl") {
@@ -138,15 +151,7 @@ fn mutual_tls_between_proxies_records_both_identities() {
     let app = DemoApp::start(&trellis(), "web");
     let b = server(&pki, &app, "strict");
     let a = client(&pki, &app, b.mesh(), Some("client"), Some("web"));
-    let out = get(&a);
-    assert_eq!(
-        out.code,
-        200,
-        "{}{}{}",
-        out.describe(),
-        a.diagnostics(),
-        b.diagnostics()
-    );
+    get_ok(&a, &b);
 
     // The far side knows who called, from the certificate.
     let line = b.wait_access_log("GET /headers", |l| log_str(l, "path") == "/headers");
@@ -234,15 +239,7 @@ fn a_peer_slow_to_send_its_client_hello_is_still_served() {
         Some("web"),
         "timeouts: { connect: 10s }",
     );
-    let out = get(&a);
-    assert_eq!(
-        out.code,
-        200,
-        "{}{}{}",
-        out.describe(),
-        a.diagnostics(),
-        b.diagnostics()
-    );
+    get_ok(&a, &b);
 }
 
 #[test]
@@ -404,15 +401,7 @@ services:
             identity = identity("client"),
         ),
     );
-    let out = get(&a);
-    assert_eq!(
-        out.code,
-        200,
-        "{}{}{}",
-        out.describe(),
-        a.diagnostics(),
-        b.diagnostics()
-    );
+    get_ok(&a, &b);
     let line = b.wait_access_log("first GET", |l| log_str(l, "path") == "/headers");
     assert_eq!(log_str(&line, "source_principal"), id("client"), "{line}");
 
@@ -457,15 +446,7 @@ services:
         failed.len()
     );
     assert!(ok > 50, "only {ok} requests ran during the renewal window");
-    let out = get(&a);
-    assert_eq!(
-        out.code,
-        200,
-        "{}{}{}",
-        out.describe(),
-        a.diagnostics(),
-        b.diagnostics()
-    );
+    get_ok(&a, &b);
     // The key never left the proxies: the CA saw CSRs only, and nothing was written beside the token.
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .map(|d| {
@@ -599,13 +580,5 @@ fn root_rotation_keeps_traffic_flowing() {
     let app = DemoApp::start(&t, "web");
     let b = server(&pki, &app, "strict"); // new chain, both roots
     let a = client(&pki, &app, b.mesh(), Some("client"), Some("web")); // old chain, both roots
-    let out = get(&a);
-    assert_eq!(
-        out.code,
-        200,
-        "{}{}{}",
-        out.describe(),
-        a.diagnostics(),
-        b.diagnostics()
-    );
+    get_ok(&a, &b);
 }
