@@ -13,7 +13,6 @@
 //! POSTs of an API. A longer or unsized body streams through hyper's client (`pool::H1Pool`),
 //! which writes it while reading an early response.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::fast_map::FastMap;
 use crate::h1::{self, Span};
 use crate::pool::{Body, BoxError};
 use crate::serve::MAX_HEADER_BYTES;
@@ -88,7 +88,7 @@ pub(crate) struct Idle {
 
 #[derive(Debug, Default)]
 struct IdleInner {
-    conns: HashMap<SocketAddr, Vec<Conn>>,
+    conns: FastMap<SocketAddr, Vec<Conn>>,
     swept: Option<Instant>,
 }
 

@@ -13,6 +13,7 @@ mod backoff;
 pub mod balance;
 pub mod detect;
 mod error;
+mod fast_map;
 mod fault;
 mod forward;
 mod grpc;

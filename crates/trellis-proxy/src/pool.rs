@@ -4,7 +4,6 @@
 //!
 //! [`Connector`] is the seam the mTLS work wraps: today it opens plain TCP.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 use trellis_identity::SpiffeId;
 
 use crate::error::ProxyError;
+use crate::fast_map::FastMap;
 use crate::h1_client::{self, SendError};
 use crate::h2_client::{self, H2Conn, Ready, RecvBody};
 use crate::mtls::{MeshStream, MeshTls};
@@ -116,7 +116,7 @@ impl Connector {
 #[derive(Debug, Default)]
 pub(crate) struct H2Pool {
     pub(crate) connector: Connector,
-    peers: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+    peers: Mutex<FastMap<SocketAddr, Arc<Slot>>>,
 }
 
 #[derive(Debug, Default)]
@@ -221,7 +221,7 @@ fn live(slot: &Slot) -> Option<H2Conn> {
 pub(crate) struct H1Pool {
     connector: Connector,
     connect_timeout: Duration,
-    conns: Mutex<HashMap<SocketAddr, Vec<H1Conn>>>,
+    conns: Mutex<FastMap<SocketAddr, Vec<H1Conn>>>,
     /// Idle connections of requests without a body, which `h1_client` sends itself.
     idle: Arc<h1_client::Idle>,
 }

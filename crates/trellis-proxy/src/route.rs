@@ -26,7 +26,6 @@
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +36,8 @@ use trellis_model::{
     PathMatchKind, Percent, Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, ValueMatch,
     ValueMatchKind,
 };
+
+use crate::fast_map::FastMap;
 
 pub(crate) use filter::Filters;
 pub(crate) use weighted::Weighted;
@@ -50,10 +51,10 @@ mod weighted;
 #[derive(Debug)]
 pub struct RouteTable<B> {
     /// Matches with an exact path, by path; each list in precedence order.
-    exact: HashMap<Box<str>, Vec<Entry>>,
+    exact: FastMap<Box<str>, Vec<Entry>>,
     /// Matches with a path prefix, by prefix (without its trailing `/`); each list in
     /// precedence order.
-    prefix: HashMap<Box<str>, Vec<Entry>>,
+    prefix: FastMap<Box<str>, Vec<Entry>>,
     /// Matches with a regular expression, then without a path condition, in precedence order.
     rest: Vec<Entry>,
     rules: Vec<Rule<B>>,
@@ -160,8 +161,8 @@ impl<B> RouteTable<B> {
         // Stable: equal keys keep route, rule and match order.
         entries.sort_by_key(Entry::precedence);
         let mut table = Self {
-            exact: HashMap::new(),
-            prefix: HashMap::new(),
+            exact: FastMap::default(),
+            prefix: FastMap::default(),
             rest: Vec::new(),
             rules,
         };

@@ -10,6 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request};
 use tokio::time::Instant;
+
+use crate::fast_map::FastMap;
 use trellis_identity::SpiffeId;
 use trellis_model::{
     HashOn, MtlsMode, OutboundPolicy, OutlierDetection, Protocol, ProxyConfig, Route, Timeouts,
@@ -43,11 +45,11 @@ pub(crate) struct Snapshot {
     /// This proxy's own workload, for telemetry.
     pub(crate) node: NodeInfo,
     /// Services by lower-case host name, then port.
-    by_host: HashMap<String, Vec<(u16, Arc<Frontend>)>>,
+    by_host: FastMap<String, Vec<(u16, Arc<Frontend>)>>,
     /// Services by virtual address and port (transparent capture).
-    by_addr: HashMap<SocketAddr, Arc<Frontend>>,
+    by_addr: FastMap<SocketAddr, Arc<Frontend>>,
     /// The local app's ports: their protocols and mTLS modes (inbound side).
-    app_ports: HashMap<u16, (Protocol, MtlsMode)>,
+    app_ports: FastMap<u16, (Protocol, MtlsMode)>,
     /// True when some port takes plaintext from peers (the mode is not STRICT everywhere).
     plaintext_allowed: bool,
     pub(crate) app_address: IpAddr,
@@ -244,8 +246,8 @@ impl Snapshot {
         }
 
         // Then what callers address: each service port with its routes.
-        let mut by_host: HashMap<String, Vec<(u16, Arc<Frontend>)>> = HashMap::new();
-        let mut by_addr = HashMap::new();
+        let mut by_host: FastMap<String, Vec<(u16, Arc<Frontend>)>> = FastMap::default();
+        let mut by_addr = FastMap::default();
         for svc in &config.services {
             for port in &svc.ports {
                 let Some(own) = destinations.get(&(&svc.namespace, &svc.name, port.port)) else {
@@ -286,7 +288,7 @@ impl Snapshot {
                 }
             }
         }
-        let app_ports: HashMap<u16, (Protocol, MtlsMode)> = config
+        let app_ports: FastMap<u16, (Protocol, MtlsMode)> = config
             .app
             .ports
             .iter()
