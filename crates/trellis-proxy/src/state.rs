@@ -10,14 +10,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Request};
 use tokio::time::Instant;
-
-use crate::fast_map::FastMap;
 use trellis_identity::SpiffeId;
 use trellis_model::{
     HashOn, MtlsMode, OutboundPolicy, OutlierDetection, Protocol, ProxyConfig, Route, Timeouts,
 };
 
 use crate::balance::{Balancer, Ejector, EndpointStats, Outcome, Pick, hash_bytes};
+use crate::fast_map::FastMap;
 use crate::headers::meta_value;
 use crate::limit::Limiter;
 use crate::retry::{Budget, RetryPolicy};
