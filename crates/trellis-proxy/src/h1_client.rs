@@ -13,7 +13,6 @@
 //! POSTs of an API. A longer or unsized body streams through hyper's client (`pool::H1Pool`),
 //! which writes it while reading an early response.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -242,7 +241,7 @@ fn encode_request(out: &mut BytesMut, req: &http::request::Parts, body_len: usiz
         out.put_slice(b"\r\n");
     }
     if body_len > 0 || matches!(req.method, Method::POST | Method::PUT | Method::PATCH) {
-        let _ = write!(out, "content-length: {body_len}\r\n");
+        h1::put_content_length(out, body_len as u64);
     }
     out.put_slice(b"\r\n");
 }

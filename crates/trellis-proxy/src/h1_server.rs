@@ -427,11 +427,11 @@ fn encode_head(
     let framing = if no_body {
         // A HEAD response keeps the length of what a GET would get; 1xx and 204 have none.
         if let Some(n) = declared.filter(|_| head_only || status == StatusCode::NOT_MODIFIED) {
-            put_length(out, n as u64);
+            h1::put_content_length(out, n as u64);
         }
         Framing::None
     } else if let Some(n) = declared.map(|n| n as u64).or(body.size_hint().exact()) {
-        put_length(out, n);
+        h1::put_content_length(out, n);
         Framing::Length(n)
     } else {
         out.put_slice(b"transfer-encoding: chunked\r\n");
@@ -447,10 +447,6 @@ fn encode_head(
     }
     out.put_slice(b"\r\n");
     framing
-}
-
-fn put_length(out: &mut BytesMut, n: u64) {
-    let _ = write!(out, "content-length: {n}\r\n");
 }
 
 /// The header timeout without a timer operation per request: the deadline moves with each

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 /// Between proxies, everything the far side needs to know of a request, in one header:
 /// `dst=<ip:port>; proto=<http1|h2>; peer=<workload> <namespace>; service=<fqdn>`.
@@ -200,25 +200,33 @@ pub(crate) fn parse_meta(value: &HeaderValue) -> Meta {
 /// The id is marked sensitive, which HPACK encodes as "never indexed": a value that differs on
 /// every request would otherwise enter the mesh connection's header table each time and evict
 /// the headers that repeat (`trellis-*`, `:authority`), which then travel as literals again.
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get_mut(X_REQUEST_ID) {
-        id.set_sensitive(true);
-        return id.clone();
-    }
-    let mut id = new_request_id();
+///
+/// One lookup of the name (the entry), and the id is lent, not cloned: a clone of a value made
+/// from a buffer of its own moves that buffer into a shared allocation.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
+    let id = headers.entry(X_REQUEST_ID).or_insert_with(new_request_id);
     id.set_sensitive(true);
-    headers.insert(X_REQUEST_ID, id.clone());
     id
 }
 
 /// At the edge of the mesh: record the client's address and the scheme it used.
+/// One lookup of `x-forwarded-for` (the entry) for reading and writing it.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => HeaderValue::from_str(&format!("{prev}, {client}")).ok(),
-        _ => Some(ip_value(client)),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut entry) => {
+            let value = match entry.get().to_str() {
+                Ok(prev) if !prev.is_empty() => {
+                    HeaderValue::from_str(&format!("{prev}, {client}")).ok()
+                }
+                _ => Some(ip_value(client)),
+            };
+            if let Some(v) = value {
+                entry.insert(v);
+            }
+        }
+        Entry::Vacant(entry) => {
+            entry.insert(ip_value(client));
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
@@ -436,10 +444,11 @@ mod tests {
     fn request_id_is_kept_or_added_and_unique() {
         let mut h = map(&[("x-request-id", "abc")]);
         assert_eq!(ensure_request_id(&mut h), "abc");
+        assert!(h.get("x-request-id").unwrap().is_sensitive());
         let mut a = HeaderMap::new();
         let mut b = HeaderMap::new();
-        let ida = ensure_request_id(&mut a);
-        let idb = ensure_request_id(&mut b);
+        let ida = ensure_request_id(&mut a).clone();
+        let idb = ensure_request_id(&mut b).clone();
         assert_ne!(ida, idb);
         // A UUID v4 in text: 8-4-4-4-12 lowercase hex, version 4, variant 10xx.
         for id in [ida, idb] {

@@ -252,7 +252,7 @@ impl Inbound {
             return obs.fail(&error, version);
         }
         // This is where the request enters the mesh: the edge headers are ours to set.
-        obs.set_request_id(&headers::ensure_request_id(req.headers_mut()));
+        obs.set_request_id(headers::ensure_request_id(req.headers_mut()));
         headers::strip_internal(req.headers_mut());
         headers::set_forwarded(req.headers_mut(), addrs.client.ip(), "http");
         // A client outside the mesh has no principal.
