@@ -250,17 +250,18 @@ impl H1Pool {
         }
     }
 
-    /// Send `req` (origin-form URI, `Host` set) to `addr` on a pooled connection, or on a new
-    /// one. A request that a reused connection refused before writing it (the app closed the
+    /// Send `req` to `addr` on a pooled connection, or on a new one; on the wire its target is
+    /// in origin-form with a `Host` header (from the target's authority if it has none). A request that a reused connection refused before writing it (the app closed the
     /// connection as we picked it) is sent once more on a new connection.
     pub(crate) async fn send(
         &self,
         addr: SocketAddr,
-        req: Request<Body>,
+        mut req: Request<Body>,
     ) -> Result<Response<RecvBody>, ProxyError> {
         if h1_client::handles(&req) {
             return self.send_direct(addr, req).await;
         }
+        crate::forward::origin_form(&mut req);
         let upstream = |source: hyper::Error| ProxyError::Upstream {
             addr,
             source: source.into(),

@@ -152,6 +152,32 @@ async fn requests_reuse_a_connection_once_its_body_has_ended() {
 }
 
 #[tokio::test]
+async fn an_absolute_target_without_host_goes_in_origin_form_with_its_authority_as_host() {
+    // What a request that came as HTTP/2 looks like: `:authority` in the URI, no `Host`.
+    let server = server(|_| Some(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec())).await;
+    let req = Request::get("http://app.test:8080/a?b=c")
+        .header("x-custom", "1")
+        .body(empty())
+        .unwrap();
+    assert!(handles(&req));
+    let addr = server.addr;
+    let open = || async move {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Ok(Conn::new(tcp))
+    };
+    let idle = Arc::default();
+    let resp = send(&idle, addr, req, open().await.unwrap(), false, open)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let heads = server.heads.lock().unwrap();
+    assert!(
+        heads[0].starts_with("GET /a?b=c HTTP/1.1\r\nhost: app.test:8080\r\nx-custom: 1\r\n\r\n"),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_body_method_without_a_body_says_so() {
     let server = server(|_| Some(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec())).await;
     let idle = Arc::default();
