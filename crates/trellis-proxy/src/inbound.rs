@@ -325,7 +325,11 @@ impl Inbound {
             addrs,
         );
         obs.set_peer(peer);
-        let meta = req.headers().get(TRELLIS_META).map(|v| peer.meta(v));
+        // Taken out, not read and removed later: one lookup of the name instead of two.
+        let meta = req
+            .headers_mut()
+            .remove(TRELLIS_META)
+            .map(|v| peer.meta(&v));
         if let Some(meta) = &meta {
             if let Some((workload, namespace)) = &meta.peer {
                 obs.set_source(workload.clone(), namespace.clone());
@@ -359,9 +363,7 @@ impl Inbound {
             _ => client_http1,
         };
         headers::strip_internal(req.headers_mut());
-        if let Some(id) = req.headers().get(headers::X_REQUEST_ID) {
-            obs.set_request_id(id);
-        }
+        obs.note_request_id(req.headers());
         let principal = peer.principal.as_deref();
         let attrs = http_attributes(principal, addrs, target, &req);
         if let Err(denial) = snapshot.authz.check(&attrs) {

@@ -192,6 +192,14 @@ impl RequestObserver {
         }
     }
 
+    /// The request's `x-request-id`, if it has one, for the access log; looked up only when
+    /// the log is on.
+    pub(crate) fn note_request_id(&mut self, headers: &HeaderMap) {
+        if access_log::enabled() {
+            self.request_id = header_text(headers.get(crate::headers::X_REQUEST_ID));
+        }
+    }
+
     /// The caller, as named by the peer proxy (inbound side).
     pub(crate) fn set_source(&mut self, workload: Arc<str>, namespace: Arc<str>) {
         self.labels.source_workload = workload;
