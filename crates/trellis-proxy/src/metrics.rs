@@ -51,7 +51,7 @@ pub struct Metrics {
 ///
 /// Peer names are `Arc<str>` so that building one per request copies pointers, not strings;
 /// use [`unknown()`] for a value the proxy cannot determine (e.g. principals on plaintext).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RequestLabels {
     pub reporter: Reporter,
     pub source_workload: Arc<str>,
@@ -110,6 +110,48 @@ impl std::hash::Hash for RequestLabels {
         state.write_u64(mix(d, numbers));
     }
 }
+
+/// Equal when every label is. The names of one request are nearly always the very strings of
+/// the series it is recorded in (the config's and the connection's), so each is first compared
+/// by pointer: seven length-and-`memcmp` comparisons were 220 instructions a request.
+impl PartialEq for RequestLabels {
+    fn eq(&self, other: &Self) -> bool {
+        fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
+        // Destructured, so that a label added later cannot be left out of the comparison.
+        let RequestLabels {
+            reporter,
+            source_workload,
+            source_namespace,
+            source_principal,
+            destination_service,
+            destination_workload,
+            destination_namespace,
+            destination_principal,
+            request_protocol,
+            response_code,
+            grpc_response_status,
+            response_flags,
+            connection_security_policy,
+        } = self;
+        *reporter == other.reporter
+            && *response_code == other.response_code
+            && *grpc_response_status == other.grpc_response_status
+            && *request_protocol == other.request_protocol
+            && *response_flags == other.response_flags
+            && *connection_security_policy == other.connection_security_policy
+            && same(source_workload, &other.source_workload)
+            && same(source_namespace, &other.source_namespace)
+            && same(source_principal, &other.source_principal)
+            && same(destination_service, &other.destination_service)
+            && same(destination_workload, &other.destination_workload)
+            && same(destination_namespace, &other.destination_namespace)
+            && same(destination_principal, &other.destination_principal)
+    }
+}
+
+impl Eq for RequestLabels {}
 
 /// One step of a multiplicative hash (FxHash's).
 fn mix(digest: u64, word: u64) -> u64 {
