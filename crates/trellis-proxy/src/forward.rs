@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 
@@ -82,9 +82,8 @@ impl Upstreams {
         mut req: Request<Body>,
         request_timeout: Duration,
     ) -> impl Future<Output = Result<Response<RecvBody>, ProxyError>> + Send + '_ {
-        // The target stays as it is: the pool writes it in origin-form (`/path?query`, the
-        // connection already says where) with a `Host` header from its authority if it has
-        // none (a request that came as HTTP/2 carries `:authority` instead).
+        // The target stays as it is: the pool puts it in origin-form (`/path?query`) with a
+        // `Host` from its authority when it has none (a request that came as HTTP/2).
         *req.version_mut() = Version::HTTP_11;
         with_timeout(addr, request_timeout, self.h1.send(addr, req))
             .map(|sent| sent.and_then(std::convert::identity))
@@ -105,29 +104,6 @@ fn with_timeout<F: Future>(
         tokio::time::timeout(timeout, fut)
             .map(move |done| done.map_err(|_| ProxyError::Timeout { addr, timeout })),
     )
-}
-
-/// What an HTTP/1.1 request sent with hyper's client needs: a `Host` header (from the target's
-/// authority if it has none) and the target in origin-form, `/path?query` (hyper writes an
-/// absolute target as it is). `h1_client` writes both from the request as it comes.
-pub(crate) fn origin_form<B>(req: &mut Request<B>) {
-    if !req.headers().contains_key(header::HOST) {
-        if let Some(host) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
-    if req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-    }
 }
 
 /// `http://authority/path`.

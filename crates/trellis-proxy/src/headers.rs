@@ -210,6 +210,7 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
 }
 
 /// At the edge of the mesh: record the client's address and the scheme it used.
+///
 /// One lookup of `x-forwarded-for` (the entry) for reading and writing it.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) {
     match headers.entry(X_FORWARDED_FOR) {

@@ -637,6 +637,22 @@ impl fmt::Debug for Inner {
 mod tests {
     use super::*;
 
+    #[test]
+    fn labels_are_equal_by_content_not_by_pointer() {
+        // The same names in strings of their own: one series, as with the derived comparison.
+        let a = request_labels(200, ResponseFlags::None);
+        let b = request_labels(200, ResponseFlags::None);
+        assert!(!Arc::ptr_eq(&a.source_workload, &b.source_workload));
+        assert_eq!(a, b);
+        // One name that differs, whatever the pointers: another series.
+        let mut c = a.clone();
+        c.destination_workload = Arc::from("reviews-v2");
+        assert_ne!(a, c);
+        let mut d = a.clone();
+        d.response_code = 503;
+        assert_ne!(a, d);
+    }
+
     fn request_labels(code: u16, flags: ResponseFlags) -> RequestLabels {
         RequestLabels {
             reporter: Reporter::Destination,

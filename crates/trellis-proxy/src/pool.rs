@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
@@ -251,7 +253,8 @@ impl H1Pool {
     }
 
     /// Send `req` to `addr` on a pooled connection, or on a new one; on the wire its target is
-    /// in origin-form with a `Host` header (from the target's authority if it has none). A request that a reused connection refused before writing it (the app closed the
+    /// in origin-form with a `Host` header (from the target's authority if it has none). A
+    /// request that a reused connection refused before writing it (the app closed the
     /// connection as we picked it) is sent once more on a new connection.
     pub(crate) async fn send(
         &self,
@@ -261,7 +264,7 @@ impl H1Pool {
         if h1_client::handles(&req) {
             return self.send_direct(addr, req).await;
         }
-        crate::forward::origin_form(&mut req);
+        origin_form(&mut req);
         let upstream = |source: hyper::Error| ProxyError::Upstream {
             addr,
             source: source.into(),
@@ -368,6 +371,29 @@ impl H1Pool {
             send,
             idle_until: Instant::now() + H1_IDLE,
         });
+    }
+}
+
+/// What an HTTP/1.1 request sent with hyper's client needs: a `Host` header (from the target's
+/// authority if it has none) and the target in origin-form, `/path?query` (hyper writes an
+/// absolute target as it is). `h1_client` writes both from the request as it comes.
+fn origin_form<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    if req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
     }
 }
 

@@ -100,6 +100,15 @@ async fn call(
         .header("x-custom", "1")
         .body(empty())
         .unwrap();
+    send_to(idle, server, req).await
+}
+
+/// Send `req` to `server` through `idle`, as the pool does.
+async fn send_to(
+    idle: &Arc<Idle>,
+    server: &Server,
+    req: Request<Body>,
+) -> Result<Response<RecvH1>, SendError> {
     assert!(handles(&req));
     let addr = server.addr;
     let open = || async move {
@@ -159,16 +168,7 @@ async fn an_absolute_target_without_host_goes_in_origin_form_with_its_authority_
         .header("x-custom", "1")
         .body(empty())
         .unwrap();
-    assert!(handles(&req));
-    let addr = server.addr;
-    let open = || async move {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        Ok(Conn::new(tcp))
-    };
-    let idle = Arc::default();
-    let resp = send(&idle, addr, req, open().await.unwrap(), false, open)
-        .await
-        .unwrap();
+    let resp = send_to(&Arc::default(), &server, req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let heads = server.heads.lock().unwrap();
     assert!(
