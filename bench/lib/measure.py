@@ -2,7 +2,7 @@
 import time
 
 from . import contenders, load
-from .procs import Procs, SetupError, cpu_seconds, rss_kib, tree_pids
+from .procs import Procs, SetupError, cpu_seconds, cpu_split, rss_kib, tree_pids
 
 
 def measure(name, mode, ctx, seconds, fixed_seconds, loadgen):
@@ -29,14 +29,20 @@ def measure(name, mode, ctx, seconds, fixed_seconds, loadgen):
             if t.pids and done:
                 result["fixed"]["proxy_cpu_us_per_req"] = (sum(cpu_seconds(p) for p in tree) - cpu0) * 1e6 / done
             result["rss_1000rps_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
-        cpu0, t0 = sum(cpu_seconds(p) for p in tree), time.monotonic()
+        split0, t0 = tree_split(tree), time.monotonic()
         r = closed_loop(mode, client, t, seconds, ctx.work)
-        cpu1 = sum(cpu_seconds(p) for p in tree)
+        split1 = tree_split(tree)
+        cpu0, cpu1 = sum(split0), sum(split1)
         result["rss_loaded_kib"] = [sum(rss_kib(p) for p in tree_pids(pid)) for pid in t.pids]
         result["anon_loaded_kib"] = [sum(rss_kib(p, "RssAnon") for p in tree_pids(pid)) for pid in t.pids]
         r.pop("raw", None)
         result.update(r)
         result["proxy_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1) if t.pids else 0.0
+        if t.pids:
+            # The same, user and system apart: what the proxies' own code costs, and what the
+            # kernel costs them (the packets are the same for every contender).
+            result["proxy_user_us_per_req"], result["proxy_sys_us_per_req"] = (
+                (b - a) * 1e6 / max(r["requests"], 1) for a, b in zip(split0, split1))
         # CPU of the pair in cores while loaded (how much of the machine the proxies took).
         result["proxy_cores"] = (cpu1 - cpu0) / max(time.monotonic() - t0, 1e-9) if t.pids else 0.0
     except (SetupError, load.LoadError) as error:
@@ -50,3 +56,9 @@ def closed_loop(mode, place, t, seconds, work):
     if mode == "h2":
         return load.h2load(place, t.url(), t.host, seconds, work)
     return load.wrk(place, t.url(), t.host, seconds, work)
+
+
+def tree_split(pids):
+    """(user, system) CPU seconds of these processes together."""
+    splits = [cpu_split(p) for p in pids]
+    return (sum(u for u, _ in splits), sum(k for _, k in splits))

@@ -13,12 +13,20 @@ class SetupError(Exception):
 
 def cpu_seconds(pid):
     """utime + stime of a process and its reaped children, in seconds (0 once it is gone)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid):
+    """(user, system) seconds of a process and its reaped children ((0, 0) once it is gone):
+    the system part is the kernel working for it (its syscalls, and the network stack's work
+    that runs in its context, such as delivering what it sends over loopback or a veth)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return ticks / os.sysconf("SC_CLK_TCK")
+        return (0.0, 0.0)
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    tick = os.sysconf("SC_CLK_TCK")
+    return ((utime + cutime) / tick, (stime + cstime) / tick)
 
 
 def rss_kib(pid, field="VmRSS"):

@@ -79,12 +79,12 @@ def max_table(rs):
     direct = rs.get("direct") if ok(rs.get("direct")) else None
     get = lambda n, k: rs[n][k] if ok(rs.get(n)) else None
     lines = ["| contender | req/s | × direct | × nginx | × haproxy | p50 ms | p90 ms | p99 ms | p99.9 ms | added p99 ms | "
-             "proxy CPU µs/req | × nginx | proxy cores | errors | RSS idle MB (A/B) | RSS loaded MB (A/B) | "
-             "private idle MB (A/B) | private loaded MB (A/B) |",
-             "|" + "---|" * 18]
+             "proxy CPU µs/req | user / sys µs | × nginx | proxy cores | errors | RSS idle MB (A/B) | "
+             "RSS loaded MB (A/B) | private idle MB (A/B) | private loaded MB (A/B) |",
+             "|" + "---|" * 19]
     for name, r in rs.items():
         if not ok(r):
-            lines.append(f"| {name} | failed: {r.get('failed', '?')[:120]} |" + " |" * 16)
+            lines.append(f"| {name} | failed: {r.get('failed', '?')[:120]} |" + " |" * 17)
             continue
         lat = r["latency_ms"]
         added = lat.get("p99", 0) - direct["latency_ms"].get("p99", 0) if direct else None
@@ -93,11 +93,20 @@ def max_table(rs):
         lines.append(
             f"| {name} | {r['rps']:.0f} | {ratio(r['rps'], get('direct', 'rps'))} | {ratio(r['rps'], get('nginx', 'rps'))} | "
             f"{ratio(r['rps'], get('haproxy', 'rps'))} | " + " | ".join(f"{lat[q]:.3f}" if q in lat else "–" for q in QS)
-            + f" | {'–' if added is None else f'{added:.3f}'} | {cpu:.1f} | "
+            + f" | {'–' if added is None else f'{added:.3f}'} | {cpu:.1f} | {user_sys(r)} | "
             f"{ratio(cpu, get('nginx', 'proxy_cpu_us_per_req')) if cpu else '–'} | {r['proxy_cores']:.2f} | "
             f"{errors if errors else 0} | {mb(r.get('rss_idle_kib'))} | {mb(r.get('rss_loaded_kib'))} | "
             f"{mb(r.get('anon_idle_kib'))} | {mb(r.get('anon_loaded_kib'))} |")
     return "\n".join(lines)
+
+
+def user_sys(r):
+    """The pair's CPU per request, user and system apart ("–" for direct, or a result from
+    before the split was recorded)."""
+    user, sys = r.get("proxy_user_us_per_req"), r.get("proxy_sys_us_per_req")
+    if user is None or sys is None or not r.get("proxy_cpu_us_per_req"):
+        return "–"
+    return f"{user:.1f} / {sys:.1f}"
 
 
 def targets(results, topology):

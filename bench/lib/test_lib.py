@@ -93,6 +93,15 @@ class Report(unittest.TestCase):
         self.assertIn("| 120.0 | 0.64 | 8.3/8.3 |", table)
         self.assertIn("| – | – | – |", table.splitlines()[2])
 
+    def test_max_table_splits_cpu_into_user_and_system(self):
+        rs = {r["name"]: r for r in self.results() if r["mode"] == "l7"}
+        rs["trellis"].update(proxy_user_us_per_req=14.25, proxy_sys_us_per_req=15.75)
+        table = report.max_table(rs)
+        self.assertIn("| 30.0 | 14.2 / 15.8 |", table)
+        # A contender without the split (direct, or a result from before it) shows a dash.
+        self.assertIn("| 0.0 | – |", table.splitlines()[2])
+        self.assertTrue(all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines()))
+
     def test_markdown_has_every_mode_and_the_failure(self):
         meta = {"stamp": "T", "topology": "loopback", "seconds": 10, "fixed_seconds": 5, "facts": {"machine": "m"}}
         md = report.markdown(self.results(), meta, "T.png")
