@@ -2,6 +2,7 @@
 //! compiled per-proxy configuration that the control plane pushes (and that
 //! `trellis proxy --config FILE` reads from disk). No I/O lives here: callers hand in text.
 
+mod decoder;
 mod delta;
 mod duration;
 mod percent;

@@ -17,9 +17,10 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::decoder::Problem;
 use crate::proxy::{App, Identity, Listeners, MtlsMode, ProxyConfig, Service, Timeouts};
-use decode::Decoded;
-use yaml::Mark;
+use crate::resources::names::quoted;
+use decode::Decoder;
 
 mod decode;
 mod route;
@@ -54,17 +55,9 @@ pub struct ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-/// A problem before the file name is attached.
-#[derive(Debug)]
-struct Problem {
-    mark: Option<Mark>,
-    field: String,
-    reason: String,
-}
-
 /// The whole-config checks, reporting into `problems`.
 struct Checker<'d> {
-    decoded: &'d Decoded,
+    decoded: &'d Decoder,
     problems: Vec<Problem>,
 }
 
@@ -126,11 +119,11 @@ pub(crate) fn load(file: &str, text: &str) -> Result<ProxyConfig, ConfigErrors> 
             reason,
         }])
     })?;
-    let mut decoded = decode::decode(&root);
+    let (config, mut decoded) = decode::decode(&root);
     let mut problems = std::mem::take(&mut decoded.problems);
-    problems.extend(check(&decoded));
+    problems.extend(check(&config, &decoded));
     if problems.is_empty() {
-        Ok(decoded.config)
+        Ok(config)
     } else {
         Err(errors(problems))
     }
@@ -149,12 +142,11 @@ impl Problem {
 }
 
 /// The checks that need more than one field to decide.
-fn check(decoded: &Decoded) -> Vec<Problem> {
+fn check(config: &ProxyConfig, decoded: &Decoder) -> Vec<Problem> {
     let mut c = Checker {
         decoded,
         problems: Vec::new(),
     };
-    let config = &decoded.config;
     if config.node.name.trim().is_empty() {
         c.report("node.name", &[], "must not be empty");
     }
@@ -582,15 +574,6 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn qualified(s: &Service) -> String {
     quoted(&format!("{}/{}", s.namespace, s.name))
-}
-
-/// Text from the file, quoted for a message: escaped, and cut short if long.
-fn quoted(text: &str) -> String {
-    const MAX_CHARS: usize = 64;
-    match text.char_indices().nth(MAX_CHARS) {
-        Some((end, _)) => format!("\"{}...\"", text[..end].escape_debug()),
-        None => format!("\"{}\"", text.escape_debug()),
-    }
 }
 
 /// An RFC 1123 label: what Kubernetes requires of service and namespace names.

@@ -146,12 +146,6 @@ impl Decoder {
             let f = self.fields(node, path, PERCENTAGE_FIELDS);
             return self.required(&f, "value", Self::percentage);
         }
-        let what = "a percentage (a number from 0 to 100)";
-        let text = self.scalar(node, path, what)?;
-        let percent = text.parse::<f64>().ok().and_then(Percent::new);
-        if percent.is_none() {
-            self.fail(node.mark, path, format!("{text} is not {what}"));
-        }
-        percent
+        self.percent(node, path)
     }
 }

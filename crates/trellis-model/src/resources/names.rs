@@ -102,7 +102,7 @@ pub(crate) fn regex_error(pattern: &str) -> Option<String> {
 }
 
 /// Text from a file, quoted for a message: escaped, and cut short if long.
-pub(super) fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     const MAX_CHARS: usize = 64;
     match text.char_indices().nth(MAX_CHARS) {
         Some((end, _)) => format!("\"{}...\"", text[..end].escape_debug()),

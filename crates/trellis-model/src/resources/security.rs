@@ -271,7 +271,7 @@ impl Decoder {
                     "Istio principals leave out the scheme: write {}",
                     quoted(rest)
                 );
-                self.report(&format!("{}.{name}[{i}]", f.path()), &[], reason);
+                self.report(&format!("{}.{name}[{i}]", f.path), &[], reason);
             }
         }
         principals

@@ -5,16 +5,19 @@
 //! a placeholder, and its path is remembered as failed so the semantic checks skip it (a
 //! placeholder `0` port must not also be reported as "port 0").
 //!
+//! The machinery (fields, lists, scalars) is the resources' decoder's too, in
+//! [`crate::decoder`]; here are the proxy config's types and its messages.
+//!
 //! The field lists and defaults mirror the serde attributes in `proxy.rs`; the tests in
 //! `validate/tests.rs` fail if the two drift apart.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::yaml::{Mark, Node, Value};
-use super::{Problem, quoted};
+use super::quoted;
+use super::yaml::{Node, Value};
+use crate::decoder::{self, Dialect, join};
 use crate::proxy::{self, App, AppPort, Endpoint, Identity, Ingress, Listeners, MtlsMode};
 use crate::proxy::{OutboundPolicy, Protocol};
 use crate::proxy::{ProxyConfig, Service, ServicePort, Timeouts};
@@ -99,87 +102,40 @@ pub(super) const OUTBOUND_POLICIES: &[(&str, OutboundPolicy)] = &[
 /// The namespace of a node or service that names none (serde: `default_namespace`).
 pub(super) const DEFAULT_NAMESPACE: &str = "default";
 
-const PORT: &str = "a port number (1-65535)";
+/// The proxy config's decoder.
+pub(super) type Decoder = decoder::Decoder<ConfigFile>;
 
-/// The decoded config, possibly with placeholders, and what the semantic checks need to know
-/// about where each value came from.
-pub(super) struct Decoded {
-    pub(super) config: ProxyConfig,
-    pub(super) problems: Vec<Problem>,
-    /// Where each field (its key) and list item was written, by path.
-    marks: HashMap<String, Mark>,
-    /// Paths whose value is a placeholder because it was missing or invalid.
-    failed: HashSet<String>,
-}
+/// The messages of the proxy config's decoder.
+#[derive(Debug, Default)]
+pub(super) struct ConfigFile;
 
-struct Decoder {
-    problems: Vec<Problem>,
-    marks: HashMap<String, Mark>,
-    failed: HashSet<String>,
-}
+impl Dialect for ConfigFile {
+    const SOCKET_ADDR_HINT: &'static str = "write 127.0.0.1:15000 or [::1]:15000";
 
-/// A mapping's entries that name allowed fields, first occurrence of each.
-struct Fields<'n> {
-    path: String,
-    mark: Mark,
-    entries: Vec<Entry<'n>>,
-    /// The value was not a mapping (already reported): its fields are placeholders, silently.
-    broken: bool,
-}
-
-struct Entry<'n> {
-    name: &'n str,
-    key: Mark,
-    value: &'n Node,
-}
-
-/// Decode the whole document.
-pub(super) fn decode(root: &Node) -> Decoded {
-    let mut d = Decoder {
-        problems: Vec::new(),
-        marks: HashMap::new(),
-        failed: HashSet::new(),
-    };
-    let config = d.proxy_config(root);
-    Decoded {
-        config,
-        problems: d.problems,
-        marks: d.marks,
-        failed: d.failed,
-    }
-}
-
-impl Decoded {
-    /// Where `path` was written: its own mark, or that of its nearest ancestor that was
-    /// written (a defaulted field has none).
-    pub(super) fn mark(&self, path: &str) -> Option<Mark> {
-        std::iter::once(path)
-            .chain(ancestors(path))
-            .find_map(|p| self.marks.get(p).copied())
-    }
-
-    /// Whether `path` was written in the file (rather than defaulted).
-    pub(super) fn written(&self, path: &str) -> bool {
-        self.marks.contains_key(path)
-    }
-
-    /// Whether `path`, or a value it is part of, is a placeholder for something invalid.
-    pub(super) fn failed(&self, path: &str) -> bool {
-        std::iter::once(path)
-            .chain(ancestors(path))
-            .any(|p| self.failed.contains(p))
-    }
-}
-
-impl Entry<'_> {
-    /// Where a problem with this field's value is shown: at a scalar value itself, at the key
-    /// of a list or mapping (whose first item may be lines below).
-    fn mark(&self) -> Mark {
-        match self.value.value {
-            Value::Scalar { .. } => self.value.mark,
-            _ => self.key,
+    fn not_a_mapping(node: &Node, path: &str, allowed: &[&str]) -> String {
+        if path.is_empty() && node.is_null() {
+            return "the file is empty; a config needs at least node.name".to_string();
         }
+        let what = if path.is_empty() {
+            "the file"
+        } else {
+            "this field"
+        };
+        format!(
+            "expected a mapping, found {} ({what} has fields {})",
+            node.describe(),
+            allowed.join(", ")
+        )
     }
+}
+
+/// Decode the whole document: the config, possibly with placeholders, and the decoder with
+/// the problems it found and what the semantic checks need to know about where each value
+/// came from.
+pub(super) fn decode(root: &Node) -> (ProxyConfig, Decoder) {
+    let mut d = Decoder::default();
+    let config = d.proxy_config(root);
+    (config, d)
 }
 
 impl Decoder {
@@ -399,131 +355,6 @@ impl Decoder {
         }
     }
 
-    // Mappings and lists.
-
-    /// Read a mapping's fields, reporting unknown and repeated ones.
-    fn fields<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str]) -> Fields<'n> {
-        let mut fields = Fields {
-            path: path.to_string(),
-            mark: node.mark,
-            entries: Vec::new(),
-            broken: false,
-        };
-        let Value::Map(entries) = &node.value else {
-            let reason = if path.is_empty() && node.is_null() {
-                "the file is empty; a config needs at least node.name".to_string()
-            } else {
-                let what = if path.is_empty() {
-                    "the file"
-                } else {
-                    "this field"
-                };
-                format!(
-                    "expected a mapping, found {} ({what} has fields {})",
-                    node.describe(),
-                    allowed.join(", ")
-                )
-            };
-            self.fail(node.mark, path, reason);
-            fields.broken = true;
-            return fields;
-        };
-        for (key, value) in entries {
-            let name = key.text().unwrap_or_default();
-            let key_path = join(path, name);
-            if !allowed.contains(&name) {
-                let reason = format!(
-                    "unknown field {} (expected one of: {})",
-                    quoted(name),
-                    allowed.join(", ")
-                );
-                self.error(key.mark, &key_path, reason);
-            } else if let Some(first) = fields.entries.iter().find(|e| e.name == name) {
-                let reason = format!(
-                    "{} is set twice (first on line {})",
-                    quoted(name),
-                    first.key.line
-                );
-                self.error(key.mark, &key_path, reason);
-            } else {
-                fields.entries.push(Entry {
-                    name,
-                    key: key.mark,
-                    value,
-                });
-            }
-        }
-        fields
-    }
-
-    /// A field that must be present (and not null).
-    fn required<T>(
-        &mut self,
-        f: &Fields<'_>,
-        name: &str,
-        decode: impl FnOnce(&mut Self, &Node, &str) -> Option<T>,
-    ) -> Option<T> {
-        let path = join(&f.path, name);
-        match f.entries.iter().find(|e| e.name == name) {
-            _ if f.broken => {
-                self.failed.insert(path);
-                None
-            }
-            Some(entry) if !entry.value.is_null() => {
-                self.marks.insert(path.clone(), entry.mark());
-                decode(self, entry.value, &path)
-            }
-            Some(entry) => {
-                self.fail(entry.key, &path, format!("\"{name}\" needs a value"));
-                None
-            }
-            None => {
-                self.fail(f.mark, &path, format!("missing required field \"{name}\""));
-                None
-            }
-        }
-    }
-
-    /// A field that may be absent or null (then the caller's default applies).
-    fn optional<T>(
-        &mut self,
-        f: &Fields<'_>,
-        name: &str,
-        decode: impl FnOnce(&mut Self, &Node, &str) -> Option<T>,
-    ) -> Option<T> {
-        let entry = f
-            .entries
-            .iter()
-            .find(|e| e.name == name && !e.value.is_null())?;
-        let path = join(&f.path, name);
-        self.marks.insert(path.clone(), entry.mark());
-        decode(self, entry.value, &path)
-    }
-
-    /// A list; every item is decoded (to a placeholder if invalid) so that indexes hold.
-    fn list<T>(
-        &mut self,
-        node: &Node,
-        path: &str,
-        mut item: impl FnMut(&mut Self, &Node, &str) -> T,
-    ) -> Option<Vec<T>> {
-        let Value::Seq(nodes) = &node.value else {
-            self.fail(
-                node.mark,
-                path,
-                format!("expected a list, found {}", node.describe()),
-            );
-            return None;
-        };
-        let mut items = Vec::with_capacity(nodes.len());
-        for (i, n) in nodes.iter().enumerate() {
-            let p = format!("{path}[{i}]");
-            self.marks.insert(p.clone(), n.mark);
-            items.push(item(self, n, &p));
-        }
-        Some(items)
-    }
-
     /// An endpoint's `ports`: service port name to port number.
     fn port_map(&mut self, node: &Node, path: &str) -> Option<BTreeMap<String, u16>> {
         let Value::Map(entries) = &node.value else {
@@ -551,132 +382,7 @@ impl Decoder {
         Some(ports)
     }
 
-    // Scalars.
-
-    fn scalar<'n>(&mut self, node: &'n Node, path: &str, what: &str) -> Option<&'n str> {
-        let text = node.text();
-        if text.is_none() {
-            self.fail(
-                node.mark,
-                path,
-                format!("expected {what}, found {}", node.describe()),
-            );
-        }
-        text
-    }
-
-    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
-        self.scalar(node, path, "a string").map(str::to_string)
-    }
-
-    fn port(&mut self, node: &Node, path: &str) -> Option<u16> {
-        let text = self.scalar(node, path, PORT)?;
-        let quoted = matches!(node.value, Value::Scalar { plain: false, .. });
-        let reason = match text.parse::<u64>() {
-            Ok(_) if quoted => {
-                format!("expected {PORT}, found the string \"{text}\" (remove the quotes)")
-            }
-            Ok(port) => match u16::try_from(port) {
-                Ok(port) if port > 0 => return Some(port),
-                _ => format!("{port} is not {PORT}"),
-            },
-            Err(_) => format!("expected {PORT}, found {}", node.describe()),
-        };
-        self.fail(node.mark, path, reason);
-        None
-    }
-
-    fn ip(&mut self, node: &Node, path: &str) -> Option<IpAddr> {
-        self.parsed(node, path, "an IP address", "write 10.0.0.1 or fd00::1")
-    }
-
-    fn socket_addr(&mut self, node: &Node, path: &str) -> Option<SocketAddr> {
-        self.parsed(
-            node,
-            path,
-            "a socket address",
-            "write 127.0.0.1:15000 or [::1]:15000",
-        )
-    }
-
-    fn parsed<T: FromStr>(&mut self, node: &Node, path: &str, what: &str, hint: &str) -> Option<T> {
-        let parsed = self.scalar(node, path, what)?.parse().ok();
-        if parsed.is_none() {
-            self.fail(
-                node.mark,
-                path,
-                format!("{} is not {what} ({hint})", node.describe()),
-            );
-        }
-        parsed
-    }
-
-    fn duration(&mut self, node: &Node, path: &str) -> Option<Duration> {
-        let text = self.scalar(node, path, "a duration (e.g. 10s, 250ms, 1m)")?;
-        crate::parse_duration(text)
-            .map_err(|reason| self.fail(node.mark, path, reason))
-            .ok()
-    }
-
     fn protocol(&mut self, node: &Node, path: &str) -> Option<Protocol> {
         self.choice(node, path, "a protocol", PROTOCOLS)
     }
-
-    fn choice<T: Copy>(
-        &mut self,
-        node: &Node,
-        path: &str,
-        what: &str,
-        options: &[(&str, T)],
-    ) -> Option<T> {
-        let text = self.scalar(node, path, what)?;
-        let found = options
-            .iter()
-            .find(|(name, _)| *name == text)
-            .map(|(_, value)| *value);
-        if found.is_none() {
-            let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-            let reason = format!(
-                "{} is not {what} (expected one of: {})",
-                node.describe(),
-                names.join(", ")
-            );
-            self.fail(node.mark, path, reason);
-        }
-        found
-    }
-
-    // Reporting.
-
-    /// Report a problem with the value at `path`, which becomes a placeholder.
-    fn fail(&mut self, mark: Mark, path: &str, reason: String) {
-        self.failed.insert(path.to_string());
-        self.error(mark, path, reason);
-    }
-
-    /// Report a problem that leaves no placeholder behind (an unknown or repeated field).
-    fn error(&mut self, mark: Mark, path: &str, reason: String) {
-        self.problems.push(Problem {
-            mark: Some(mark),
-            field: path.to_string(),
-            reason,
-        });
-    }
-}
-
-/// `parent.name`, or `name` at the top.
-fn join(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_string()
-    } else {
-        format!("{parent}.{name}")
-    }
-}
-
-/// The paths that contain `path`, innermost first: `a[0].b` gives `a[0]`, `a`.
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.char_indices()
-        .rev()
-        .filter(|(_, c)| matches!(c, '.' | '['))
-        .map(move |(i, _)| &path[..i])
 }

@@ -2,7 +2,8 @@
 //! SPIFFE IDs or wildcards, methods are tokens, `when` keys are attributes the proxy
 //! evaluates, with values of their kind).
 
-use super::{Decoder, join};
+use super::Decoder;
+use crate::decoder::join;
 use crate::proxy::{
     Authorization, AuthorizationPolicy, ConditionKey, ConditionKeyError, IpBlock, PolicyAction,
     PolicyCondition, PolicyOperation, PolicyRule, PolicySource,

@@ -2,7 +2,8 @@
 //! value checked on its own: a consistent hash names its key, durations are above zero,
 //! shares are percentages, limits are at least 1.
 
-use super::{Decoder, join};
+use super::Decoder;
+use crate::decoder::{Fields, join};
 use crate::proxy::{
     HashOn, Limits, LoadBalancer, LoadBalancerKind, OutlierDetection, Retries, RetryBudget,
     RetryOn, ServicePolicy,
@@ -245,7 +246,7 @@ impl Decoder {
     }
 
     /// An optional duration that must be above zero.
-    fn positive(&mut self, f: &super::Fields<'_>, name: &str) -> Option<std::time::Duration> {
+    fn positive(&mut self, f: &Fields<'_>, name: &str) -> Option<std::time::Duration> {
         let value = self.optional(f, name, Self::duration)?;
         if value.is_zero() {
             let at = join(&f.path, name);
@@ -254,24 +255,5 @@ impl Decoder {
             return None;
         }
         Some(value)
-    }
-
-    /// A whole number up to `max`.
-    fn number(&mut self, node: &Node, path: &str, max: u32) -> Option<u32> {
-        let what = format!("a whole number from 0 to {max}");
-        let text = self.scalar(node, path, &what)?;
-        let quoted = matches!(node.value, Value::Scalar { plain: false, .. });
-        let reason = match text.parse::<u64>() {
-            Ok(_) if quoted => {
-                format!("expected {what}, found the string \"{text}\" (remove the quotes)")
-            }
-            Ok(n) => match u32::try_from(n) {
-                Ok(n) if n <= max => return Some(n),
-                _ => format!("{n} is out of range (expected {what})"),
-            },
-            Err(_) => format!("expected {what}, found {}", node.describe()),
-        };
-        self.fail(node.mark, path, reason);
-        None
     }
 }

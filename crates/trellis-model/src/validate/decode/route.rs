@@ -2,8 +2,9 @@
 //! paths start with `/`, header names are tokens). The checks that need the rest of the config
 //! (backends that name real services, one redirect per rule) are in `validate/route.rs`.
 
-use super::{Decoder, Fields, join};
+use super::Decoder;
 use crate::Percent;
+use crate::decoder::{Fields, join};
 use crate::proxy::{
     FaultAbort, FaultDelay, FaultInjection, Header, HeaderModifier, PathMatch, PathMatchKind,
     PathModifier, RequestMirror, RequestRedirect, Route, RouteBackend, RouteFilter, RouteMatch,
@@ -263,17 +264,6 @@ impl Decoder {
             self.fail(f.mark, path, reason);
         }
         fault
-    }
-
-    /// A share of requests: a number from 0 to 100 (fractions allowed).
-    fn percent(&mut self, node: &Node, path: &str) -> Option<Percent> {
-        let what = "a percentage (a number from 0 to 100)";
-        let text = self.scalar(node, path, what)?;
-        let percent = text.parse::<f64>().ok().and_then(Percent::new);
-        if percent.is_none() {
-            self.fail(node.mark, path, format!("{text} is not {what}"));
-        }
-        percent
     }
 
     /// A whole number from `min` to `max`.
