@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .contenders import STREAM_MODULE
@@ -133,3 +134,32 @@ def order_file(root, binary, path=None):
         line = (f"STALE: {line}; the code changed since the list was made, so idle RSS and CPU read high. "
                 f"Regenerate: {again}")
     return line
+
+
+def host_gauge(repeats=3):
+    """How fast this host runs right now, in two figures that do not depend on the code under
+    test: nanoseconds per system call (`getppid`, from Python, so ~60 ns of it is Python's own)
+    and per step of a plain Python loop; the least of `repeats` tries each. Both rise when the
+    host is busy or throttled (the VM shows no steal for a neighbour on the same core), so two
+    runs on the same CPU type can be compared: bench/README.md, twenty-first session."""
+
+    def least(fn, n):
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(n)
+            best = min(best, (time.perf_counter() - t) / n * 1e9)
+        return best
+
+    def syscalls(n):
+        for _ in range(n):
+            os.getppid()
+
+    def steps(n):
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+
+    return {"syscall_ns": round(least(syscalls, 100_000)), "loop_ns": round(least(steps, 1_000_000))}
+

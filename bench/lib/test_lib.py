@@ -118,6 +118,13 @@ class Report(unittest.TestCase):
         self.assertIn("| L7 throughput ≥ 0.38× direct | 0.40× (40.0 %) | ✓ |", report.targets(rs, "netns"))
 
 
+class HostGauge(unittest.TestCase):
+    def test_both_figures_are_measured(self):
+        g = preflight.host_gauge(repeats=1)
+        self.assertEqual(set(g), {"syscall_ns", "loop_ns"})
+        self.assertTrue(all(isinstance(v, int) and v > 0 for v in g.values()), g)
+
+
 class Trials(unittest.TestCase):
     def test_medians_spread_and_failures(self):
         rs = [result("trellis", "l7", rps, p99, cpu) for rps, p99, cpu in
