@@ -162,4 +162,3 @@ def host_gauge(repeats=3):
         return total
 
     return {"syscall_ns": round(least(syscalls, 100_000)), "loop_ns": round(least(steps, 1_000_000))}
-
