@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::Percent;
+use crate::proxy::{RETRY_CONDITIONS, RetryOn};
 use crate::resources::names::quoted;
 use crate::validate::yaml::{Mark, Node, Value};
 
@@ -25,6 +26,9 @@ const PORT: &str = "a port number (1-65535)";
 pub(crate) trait Dialect {
     /// How to write a socket address, for the message about one that is not.
     const SOCKET_ADDR_HINT: &'static str;
+
+    /// An HTTP status as a retry condition is written in this file (`503`, or `"503"`).
+    const STATUS_EXAMPLE: &'static str;
 
     /// The reason for a value at `path` that should be a mapping of the `allowed` fields.
     fn not_a_mapping(node: &Node, path: &str, allowed: &[&str]) -> String;
@@ -227,35 +231,39 @@ impl<D: Dialect> Decoder<D> {
 
     /// A port number, written as a number (a quoted `"8080"` is a string, as Kubernetes sees it).
     pub(crate) fn port(&mut self, node: &Node, path: &str) -> Option<u16> {
-        let text = self.scalar(node, path, PORT)?;
-        let quoted = matches!(node.value, Value::Scalar { plain: false, .. });
-        let reason = match text.parse::<u64>() {
-            Ok(_) if quoted => {
-                format!("expected {PORT}, found the string \"{text}\" (remove the quotes)")
+        let n = self.whole(node, path, PORT)?;
+        match u16::try_from(n) {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                self.fail(node.mark, path, format!("{n} is not {PORT}"));
+                None
             }
-            Ok(port) => match u16::try_from(port) {
-                Ok(port) if port > 0 => return Some(port),
-                _ => format!("{port} is not {PORT}"),
-            },
-            Err(_) => format!("expected {PORT}, found {}", node.describe()),
-        };
-        self.fail(node.mark, path, reason);
-        None
+        }
     }
 
     /// A whole number from 0 to `max`, written as a number.
     pub(crate) fn number(&mut self, node: &Node, path: &str, max: u32) -> Option<u32> {
         let what = format!("a whole number from 0 to {max}");
-        let text = self.scalar(node, path, &what)?;
+        let n = self.whole(node, path, &what)?;
+        match u32::try_from(n) {
+            Ok(n) if n <= max => Some(n),
+            _ => {
+                let reason = format!("{n} is out of range (expected {what})");
+                self.fail(node.mark, path, reason);
+                None
+            }
+        }
+    }
+
+    /// A whole number written as a number, not in quotes; the caller checks its range.
+    fn whole(&mut self, node: &Node, path: &str, what: &str) -> Option<u64> {
+        let text = self.scalar(node, path, what)?;
         let quoted = matches!(node.value, Value::Scalar { plain: false, .. });
         let reason = match text.parse::<u64>() {
             Ok(_) if quoted => {
                 format!("expected {what}, found the string \"{text}\" (remove the quotes)")
             }
-            Ok(n) => match u32::try_from(n) {
-                Ok(n) if n <= max => return Some(n),
-                _ => format!("{n} is out of range (expected {what})"),
-            },
+            Ok(n) => return Some(n),
             Err(_) => format!("expected {what}, found {}", node.describe()),
         };
         self.fail(node.mark, path, reason);
@@ -321,6 +329,23 @@ impl<D: Dialect> Decoder<D> {
             self.fail(node.mark, path, reason);
         }
         found
+    }
+
+    /// A retry condition: an HTTP status (`503`) or a name (`5xx`, `unavailable`).
+    pub(crate) fn retry_condition(&mut self, node: &Node, path: &str) -> Option<RetryOn> {
+        let text = self.scalar(node, path, "a retry condition")?;
+        let on = RetryOn::parse(text);
+        if on.is_none() {
+            let names: Vec<&str> = RETRY_CONDITIONS.iter().map(|(name, _)| *name).collect();
+            let reason = format!(
+                "{} is not a retry condition (expected an HTTP status such as {}, or one of: {})",
+                node.describe(),
+                D::STATUS_EXAMPLE,
+                names.join(", ")
+            );
+            self.fail(node.mark, path, reason);
+        }
+        on
     }
 
     // What was decoded.

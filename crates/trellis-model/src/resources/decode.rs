@@ -23,6 +23,7 @@ pub(super) struct ResourceDocument;
 
 impl Dialect for ResourceDocument {
     const SOCKET_ADDR_HINT: &'static str = "write 127.0.0.1:15008 or [::1]:15008";
+    const STATUS_EXAMPLE: &'static str = "503";
 
     fn not_a_mapping(node: &Node, _path: &str, allowed: &[&str]) -> String {
         format!(

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::decode::Decoder;
 use super::names::{is_http_token, quoted};
-use crate::proxy::RETRY_CONDITIONS;
 /// A retry condition (Envoy's names): the proxy config's own type, which the compiler passes
 /// through.
 pub use crate::proxy::RetryOn;
@@ -293,25 +292,8 @@ impl Decoder {
 
     fn retries(&mut self, node: &Node, path: &str) -> Retries {
         let f = self.fields(node, path, RETRY_FIELDS);
-        let condition = |d: &mut Self, n: &Node, p: &str| {
-            let text = d.scalar(n, p, "a retry condition")?;
-            if let Some(status) = text.parse::<u16>().ok().filter(|s| (100..=599).contains(s)) {
-                return Some(RetryOn::Status(status));
-            }
-            if let Some((_, on)) = RETRY_CONDITIONS.iter().find(|(name, _)| *name == text) {
-                return Some(*on);
-            }
-            let names: Vec<&str> = RETRY_CONDITIONS.iter().map(|(name, _)| *name).collect();
-            let reason = format!(
-                "{} is not a retry condition (expected an HTTP status such as 503, or one of: {})",
-                n.describe(),
-                names.join(", ")
-            );
-            d.fail(n.mark, p, reason);
-            None
-        };
         let on = self.optional(&f, "on", |d, n, p| {
-            let items = d.nonempty_list(n, p, |d, n, p| condition(d, n, p))?;
+            let items = d.nonempty_list(n, p, Self::retry_condition)?;
             Some(items.into_iter().flatten().collect::<Vec<_>>())
         });
         let retries = Retries {

@@ -111,6 +111,7 @@ pub(super) struct ConfigFile;
 
 impl Dialect for ConfigFile {
     const SOCKET_ADDR_HINT: &'static str = "write 127.0.0.1:15000 or [::1]:15000";
+    const STATUS_EXAMPLE: &'static str = "\"503\"";
 
     fn not_a_mapping(node: &Node, path: &str, allowed: &[&str]) -> String {
         if path.is_empty() && node.is_null() {

@@ -6,9 +6,9 @@ use super::Decoder;
 use crate::decoder::{Fields, join};
 use crate::proxy::{
     HashOn, Limits, LoadBalancer, LoadBalancerKind, OutlierDetection, Retries, RetryBudget,
-    RetryOn, ServicePolicy,
+    ServicePolicy,
 };
-use crate::proxy::{RETRY_CONDITIONS, policy::default_backoff, policy::default_retry_on};
+use crate::proxy::{policy::default_backoff, policy::default_retry_on};
 use crate::resources::names::is_http_token;
 use crate::validate::quoted;
 use crate::validate::yaml::{Node, Value};
@@ -128,27 +128,13 @@ impl Decoder {
 
     fn retries(&mut self, node: &Node, path: &str) -> Retries {
         let f = self.fields(node, path, RETRY_FIELDS);
-        let condition = |d: &mut Self, n: &Node, p: &str| {
-            let text = d.scalar(n, p, "a retry condition")?;
-            if let Some(on) = RetryOn::parse(text) {
-                return Some(on);
-            }
-            let names: Vec<&str> = RETRY_CONDITIONS.iter().map(|(name, _)| *name).collect();
-            let reason = format!(
-                "{} is not a retry condition (expected an HTTP status such as \"503\", or one of: {})",
-                n.describe(),
-                names.join(", ")
-            );
-            d.fail(n.mark, p, reason);
-            None
-        };
         let retries = Retries {
             attempts: self
                 .required(&f, "attempts", |d, n, p| d.number(n, p, MAX_ATTEMPTS))
                 .unwrap_or(0),
             on: self
                 .optional(&f, "on", |d, n, p| {
-                    let items = d.list(n, p, condition)?;
+                    let items = d.list(n, p, Self::retry_condition)?;
                     Some(items.into_iter().flatten().collect())
                 })
                 .unwrap_or_else(default_retry_on),
